@@ -1,0 +1,319 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	certsv1 "k8s.io/api/certificates/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+
+	"github.com/anchorage-dev/anchorage/internal/agent/capool"
+	"github.com/anchorage-dev/anchorage/internal/agent/pcrsigner"
+	"github.com/anchorage-dev/anchorage/internal/agent/profiles"
+	"github.com/anchorage-dev/anchorage/internal/agent/trustbundles"
+	"github.com/anchorage-dev/anchorage/pkg/signers"
+)
+
+// FieldManager and the leader-election lock name.
+const (
+	FieldManager   = "anchorage-member-agent"
+	leaderLockName = "anchorage-member-agent"
+)
+
+// Scheme is the agent's scheme: client-go types and mcs-api ServiceExports.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	utilRuntimeMust(clientgoscheme.AddToScheme(s))
+	utilRuntimeMust(mcsv1beta1.Install(s))
+	return s
+}
+
+func utilRuntimeMust(err error) {
+	if err != nil {
+		panic(err)
+	}
+}
+
+// Agent is a configured member agent, ready to Start.
+type Agent struct {
+	Manager manager.Manager
+	Pools   *capool.Store
+	// Registry holds the agent's own metrics (served with
+	// controller-runtime's on the metrics address).
+	Registry *prometheus.Registry
+	Issuer   string
+}
+
+// New builds the agent for the cluster reached through cfg. It reads the
+// issuer from the apiserver when opts.Issuer is empty.
+func New(ctx context.Context, opts *Options, cfg *rest.Config) (*Agent, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	log := ctrl.LoggerFrom(ctx).WithValues("cluster", opts.ClusterName)
+	cfg = rest.CopyConfig(cfg)
+	cfg.QPS, cfg.Burst = opts.KubeAPIQPS, opts.KubeAPIBurst
+	cfg.UserAgent = "anchorage-member-agent"
+
+	issuer := opts.Issuer
+	if issuer == "" {
+		var err error
+		if issuer, err = DiscoverIssuer(ctx, cfg); err != nil {
+			return nil, err
+		}
+		log.Info("discovered the service-account issuer", "issuer", issuer)
+	}
+	td := spiffeid.RequireTrustDomainFromString(opts.TrustDomain)
+	keyTypes, _ := signers.ParseKeyTypes(opts.LeafKeyTypes)
+	scheme := Scheme()
+	strip := cache.TransformStripManagedFields()
+
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                        scheme,
+		Logger:                        log,
+		LeaderElection:                opts.LeaderElect,
+		LeaderElectionID:              leaderLockName,
+		LeaderElectionNamespace:       opts.Namespace,
+		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 &opts.LeaderElectionLeaseDuration,
+		RenewDeadline:                 &opts.LeaderElectionRenewDeadline,
+		RetryPeriod:                   &opts.LeaderElectionRetryPeriod,
+		HealthProbeBindAddress:        opts.HealthProbeBindAddress,
+		// The agent serves its own registry (below) so that several agents
+		// can live in one process (the sandbox) without sharing metrics.
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache: cache.Options{
+			DefaultTransform: strip,
+			ByObject: map[client.Object]cache.ByObject{
+				&corev1.Secret{}: {Namespaces: map[string]cache.Config{opts.Namespace: {}}},
+				&corev1.Pod{}:    {Transform: slimPod},
+			},
+		},
+		Client: client.Options{Cache: &client.CacheOptions{
+			// Requests are read from the per-signer caches, never the
+			// manager's, which would otherwise watch every signer's.
+			DisableFor: []client.Object{&certsv1.PodCertificateRequest{}},
+		}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating the controller manager: %w", err)
+	}
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &corev1.Service{}, profiles.SelectorIndex, profiles.IndexServiceSelector); err != nil {
+		return nil, fmt.Errorf("indexing Services: %w", err)
+	}
+
+	env := signers.Env{}
+	pools := &capool.Store{
+		Client:    mgr.GetClient(),
+		Cache:     mgr.GetCache(),
+		Namespace: opts.Namespace,
+		Env:       env,
+		Signers: []capool.SignerConfig{
+			{Profile: withLifetime(signers.SPIFFECAProfile(opts.ClusterName, td.Name(), issuer), opts.CALifetime), ImportSecret: opts.SPIFFECAImportSecret},
+			{Profile: withLifetime(signers.ServiceDNSCAProfile(opts.ClusterName, opts.ClusterDomain, issuer), opts.CALifetime), ImportSecret: opts.ServiceDNSCAImportSecret},
+		},
+	}
+	if err := mgr.Add(pools); err != nil {
+		return nil, err
+	}
+
+	recorder := mgr.GetEventRecorder(FieldManager)
+	metrics := pcrsigner.NewMetrics(registry)
+	profileFor := map[string]pcrsigner.Profile{
+		signers.SPIFFESignerName: &profiles.SPIFFE{TrustDomain: td},
+		signers.ServiceDNSSignerName: &profiles.ServiceDNS{
+			Reader:        mgr.GetCache(),
+			ClusterName:   opts.ClusterName,
+			ClusterDomain: opts.ClusterDomain,
+			Clusterset:    profiles.StaticClusterset(opts.ClustersetMember),
+		},
+	}
+	for _, signer := range signers.SignerNames() {
+		requests, err := cache.New(mgr.GetConfig(), cache.Options{
+			Scheme:           scheme,
+			Mapper:           mgr.GetRESTMapper(),
+			DefaultTransform: strip,
+			ByObject: map[client.Object]cache.ByObject{
+				&certsv1.PodCertificateRequest{}: {Field: fields.OneTermEqualSelector("spec.signerName", signer)},
+			},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("creating the %s request cache: %w", signer, err)
+		}
+		if err := mgr.Add(requests); err != nil {
+			return nil, err
+		}
+		r := &pcrsigner.Reconciler{
+			Signer:         signer,
+			Profile:        profileFor[signer],
+			Client:         mgr.GetClient(),
+			APIReader:      mgr.GetAPIReader(),
+			Pools:          pools,
+			Issuer:         issuer,
+			Keys:           keyTypes,
+			PendingTimeout: opts.ServiceDNSPendingTimeout,
+			Env:            env,
+			Clock:          clock.RealClock{},
+			Recorder:       recorder,
+			Metrics:        metrics,
+		}
+		if err := r.SetupWithManager(mgr, requests, opts.Workers); err != nil {
+			return nil, fmt.Errorf("setting up the %s controller: %w", signer, err)
+		}
+	}
+
+	local := &trustbundles.Local{
+		Client:      mgr.GetClient(),
+		Pools:       pools,
+		TrustDomain: td.Name(),
+		Clock:       clock.RealClock{},
+		Recorder:    recorder,
+	}
+	if opts.PodName != "" && opts.PodNamespace != "" {
+		local.EventObject = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: opts.PodName, Namespace: opts.PodNamespace}}
+	}
+	if err := local.SetupWithManager(mgr, pools.Subscribe()); err != nil {
+		return nil, fmt.Errorf("setting up the trust-bundle publisher: %w", err)
+	}
+
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return nil, err
+	}
+	// Followers are ready once their caches are; the leader once its CA
+	// pools are loaded and it can sign.
+	if err := mgr.AddReadyzCheck("ca-pools", func(*http.Request) error {
+		select {
+		case <-mgr.Elected():
+			if !pools.Loaded() {
+				return errors.New("CA pools not loaded yet")
+			}
+		default:
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if opts.MetricsBindAddress != "0" && opts.MetricsBindAddress != "" {
+		if err := mgr.Add(metricsServer(opts.MetricsBindAddress, prometheus.Gatherers{crmetrics.Registry, registry})); err != nil {
+			return nil, err
+		}
+	}
+	return &Agent{Manager: mgr, Pools: pools, Registry: registry, Issuer: issuer}, nil
+}
+
+// Start runs the agent until ctx ends.
+func (a *Agent) Start(ctx context.Context) error { return a.Manager.Start(ctx) }
+
+// Run builds and runs the agent until ctx ends.
+func Run(ctx context.Context, opts *Options, cfg *rest.Config) error {
+	a, err := New(ctx, opts, cfg)
+	if err != nil {
+		return err
+	}
+	return a.Start(ctx)
+}
+
+func withLifetime(p signers.CAProfile, d time.Duration) signers.CAProfile {
+	p.Lifetime = d
+	return p
+}
+
+// DiscoverIssuer reads the service-account issuer from the apiserver's
+// OIDC discovery document.
+func DiscoverIssuer(ctx context.Context, cfg *rest.Config) (string, error) {
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return "", err
+	}
+	raw, err := cs.Discovery().RESTClient().Get().AbsPath("/.well-known/openid-configuration").DoRaw(ctx)
+	if err != nil {
+		return "", fmt.Errorf("reading the issuer from the apiserver's /.well-known/openid-configuration (set --issuer to skip this): %w", err)
+	}
+	var doc struct {
+		Issuer string `json:"issuer"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil || doc.Issuer == "" {
+		return "", fmt.Errorf("the apiserver's /.well-known/openid-configuration has no issuer (set --issuer): %v", err)
+	}
+	return doc.Issuer, nil
+}
+
+// slimPod keeps only what the signers read of a pod, so that caching every
+// pod of a large cluster stays cheap.
+func slimPod(obj any) (any, error) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Pod{
+		TypeMeta: pod.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, Labels: pod.Labels, ResourceVersion: pod.ResourceVersion,
+		},
+		Spec: corev1.PodSpec{Hostname: pod.Spec.Hostname, Subdomain: pod.Spec.Subdomain, ServiceAccountName: pod.Spec.ServiceAccountName, NodeName: pod.Spec.NodeName},
+	}, nil
+}
+
+// everyReplica runs on followers too.
+type everyReplica manager.RunnableFunc
+
+func (f everyReplica) Start(ctx context.Context) error { return f(ctx) }
+func (everyReplica) NeedLeaderElection() bool          { return false }
+
+// metricsServer serves g on addr as a manager runnable (on every replica).
+func metricsServer(addr string, g prometheus.Gatherer) manager.Runnable {
+	return everyReplica(func(ctx context.Context) error {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+		srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			<-ctx.Done()
+			shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(shutdown)
+		}()
+		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serving metrics on %s: %w", addr, err)
+		}
+		return nil
+	})
+}
+
+// Main runs the agent against the cluster of opts.Kubeconfig (or the
+// in-cluster config).
+func Main(ctx context.Context, opts *Options) error {
+	if err := opts.Validate(); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(opts.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	return Run(ctrl.LoggerInto(ctx, ctrl.Log.WithName("member-agent")), opts, cfg)
+}

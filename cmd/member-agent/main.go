@@ -1,0 +1,33 @@
+// Command member-agent runs anchorage in a member cluster: the
+// anchorage.dev/spiffe and anchorage.dev/service-dns signers and the
+// cluster's ClusterTrustBundles.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/spf13/pflag"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/anchorage-dev/anchorage/cmd/member-agent/app"
+)
+
+func main() {
+	opts := app.NewOptions()
+	fs := pflag.NewFlagSet("member-agent", pflag.ExitOnError)
+	opts.AddFlags(fs)
+	zapOpts := zap.Options{}
+	logFlags := flag.NewFlagSet("log", flag.ContinueOnError)
+	zapOpts.BindFlags(logFlags)
+	fs.AddGoFlagSet(logFlags)
+	_ = fs.Parse(os.Args[1:])
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+
+	if err := app.Main(ctrl.SetupSignalHandler(), opts); err != nil {
+		fmt.Fprintln(os.Stderr, "member-agent:", err)
+		os.Exit(1)
+	}
+}

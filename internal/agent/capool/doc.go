@@ -1,0 +1,6 @@
+// Package capool keeps each signer's CA pool in a Secret of the agent's
+// namespace: it creates the pool on first start (generated, or imported
+// from an operator's key and chain), loads it, follows changes to the
+// Secret, and hands the current pool to the signers and the trust-bundle
+// publisher.
+package capool

@@ -1,0 +1,217 @@
+package signers
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// CAState is where a CA is in its rotation.
+type CAState string
+
+const (
+	// StateNext: published as an anchor, not signing yet.
+	StateNext CAState = "next"
+	// StateActive: signing. A pool has exactly one.
+	StateActive CAState = "active"
+	// StateRetired: no longer signing, published until its last leaf expires.
+	StateRetired CAState = "retired"
+)
+
+// Pool is the set of CAs of one signer in one cluster.
+type Pool struct {
+	Signer string
+	CAs    []*CA
+}
+
+// Active returns the signing CA.
+func (p *Pool) Active() (*CA, error) {
+	var active *CA
+	for _, ca := range p.CAs {
+		if ca.State == StateActive {
+			if active != nil {
+				return nil, fmt.Errorf("the %s CA pool has more than one active CA", p.Signer)
+			}
+			active = ca
+		}
+	}
+	if active == nil {
+		return nil, fmt.Errorf("the %s CA pool has no active CA", p.Signer)
+	}
+	return active, nil
+}
+
+// Anchors returns the trust anchors to publish at now: the anchors of the
+// active and next CAs, and of retired CAs whose leaves may still be valid.
+// Active first, then next, then retired; duplicates dropped (the
+// ClusterTrustBundle API rejects them).
+func (p *Pool) Anchors(now time.Time) []*x509.Certificate {
+	var out []*x509.Certificate
+	seen := map[string]bool{}
+	for _, state := range []CAState{StateActive, StateNext, StateRetired} {
+		for _, ca := range p.CAs {
+			if ca.State != state || (state == StateRetired && !now.Before(ca.RetiredAt.Add(MaxLeafLifetime))) {
+				continue
+			}
+			a := ca.Anchor()
+			if !seen[string(a.Raw)] {
+				seen[string(a.Raw)] = true
+				out = append(out, a)
+			}
+		}
+	}
+	return out
+}
+
+// Validate checks the pool is usable for signing.
+func (p *Pool) Validate() error {
+	for i, ca := range p.CAs {
+		if err := ca.validate(); err != nil {
+			return fmt.Errorf("CA %d of the %s pool: %w", i, p.Signer, err)
+		}
+	}
+	_, err := p.Active()
+	return err
+}
+
+// poolJSON is the persisted form (the agent keeps it in a Secret).
+type poolJSON struct {
+	Signer string   `json:"signer"`
+	CAs    []caJSON `json:"cas"`
+}
+
+type caJSON struct {
+	State CAState `json:"state"`
+	// Certificates: the signing certificate, then the chain to the anchor (PEM).
+	Certificates string `json:"certificates"`
+	// PrivateKey: PKCS#8 PEM.
+	PrivateKey string     `json:"privateKey"`
+	RetiredAt  *time.Time `json:"retiredAt,omitempty"`
+}
+
+// Marshal encodes the pool, private keys included.
+func (p *Pool) Marshal() ([]byte, error) {
+	out := poolJSON{Signer: p.Signer}
+	for _, ca := range p.CAs {
+		keyDER, err := x509.MarshalPKCS8PrivateKey(ca.Key)
+		if err != nil {
+			return nil, fmt.Errorf("encoding CA key: %w", err)
+		}
+		c := caJSON{
+			State:        ca.State,
+			Certificates: string(EncodeCertificatesPEM(append([]*x509.Certificate{ca.Certificate}, ca.Chain...))),
+			PrivateKey:   string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})),
+		}
+		if !ca.RetiredAt.IsZero() {
+			t := ca.RetiredAt.UTC()
+			c.RetiredAt = &t
+		}
+		out.CAs = append(out.CAs, c)
+	}
+	return json.MarshalIndent(out, "", "  ")
+}
+
+// UnmarshalPool decodes and validates a pool written by Marshal.
+func UnmarshalPool(data []byte) (*Pool, error) {
+	var in poolJSON
+	if err := json.Unmarshal(data, &in); err != nil {
+		return nil, fmt.Errorf("decoding CA pool: %w", err)
+	}
+	p := &Pool{Signer: in.Signer}
+	for i, c := range in.CAs {
+		key, err := ParsePrivateKeyPEM([]byte(c.PrivateKey))
+		if err != nil {
+			return nil, fmt.Errorf("CA %d: %w", i, err)
+		}
+		certs, err := ParseCertificatesPEM([]byte(c.Certificates))
+		if err != nil {
+			return nil, fmt.Errorf("CA %d: %w", i, err)
+		}
+		ca := &CA{State: c.State, Certificate: certs[0], Chain: certs[1:], Key: key}
+		if c.RetiredAt != nil {
+			ca.RetiredAt = *c.RetiredAt
+		}
+		p.CAs = append(p.CAs, ca)
+	}
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// EncodeCertificatesPEM encodes certificates as CERTIFICATE blocks without
+// headers, the only form ClusterTrustBundles and PodCertificateRequest
+// chains accept.
+func EncodeCertificatesPEM(certs []*x509.Certificate) []byte {
+	var b bytes.Buffer
+	for _, c := range certs {
+		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
+	return b.Bytes()
+}
+
+// ParseCertificatesPEM parses one or more CERTIFICATE blocks. Anything else
+// in the input (another block type, PEM headers, trailing garbage) is an
+// error rather than silently skipped.
+func ParseCertificatesPEM(data []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	rest := bytes.TrimSpace(data)
+	for len(rest) > 0 {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			return nil, errors.New("PEM: data that is not a PEM block")
+		}
+		if block.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("PEM: block of type %q where CERTIFICATE was expected", block.Type)
+		}
+		if len(block.Headers) > 0 {
+			return nil, errors.New("PEM: CERTIFICATE blocks must not have headers")
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("PEM: certificate %d: %w", len(out)+1, err)
+		}
+		out = append(out, cert)
+		rest = bytes.TrimSpace(rest)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("PEM: no certificate found")
+	}
+	return out, nil
+}
+
+// ParsePrivateKeyPEM parses one PKCS#8, PKCS#1 or SEC 1 private key block.
+func ParsePrivateKeyPEM(data []byte) (crypto.Signer, error) {
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, errors.New("private key: no PEM block found")
+	}
+	var (
+		key any
+		err error
+	)
+	switch block.Type {
+	case "PRIVATE KEY":
+		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+	case "RSA PRIVATE KEY":
+		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
+	case "EC PRIVATE KEY":
+		key, err = x509.ParseECPrivateKey(block.Bytes)
+	default:
+		return nil, fmt.Errorf("private key: unsupported PEM block %q", block.Type)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("private key: %w", err)
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("private key: %T cannot sign", key)
+	}
+	return signer, nil
+}
