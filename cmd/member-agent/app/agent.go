@@ -21,9 +21,11 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -115,6 +117,10 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config) (*Agent, error) {
 				&corev1.Pod{}:    {Transform: slimPod},
 			},
 		},
+		// Names are unique within an agent; the sandbox and tests run several
+		// agents in one process, which controller-runtime's process-wide
+		// name check would refuse.
+		Controller: ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
 		Client: client.Options{Cache: &client.CacheOptions{
 			// Requests are read from the per-signer caches, never the
 			// manager's, which would otherwise watch every signer's.

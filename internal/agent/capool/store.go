@@ -116,21 +116,21 @@ func (s *Store) Start(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("watching CA pool Secrets: %w", err)
 	}
+	// Each signer's pool is retried on its own: one broken pool must not
+	// keep the other signer from signing. Apiserver errors are retried
+	// until the pool exists; signing waits for it, it never fails for it.
 	for _, sc := range s.Signers {
-		// Apiserver errors are retried until the pool exists: signing waits
-		// for it, it never fails for it.
-		err := wait.ExponentialBackoffWithContext(ctx, wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 1 << 30, Cap: 30 * time.Second},
-			func(ctx context.Context) (bool, error) {
-				if err := s.ensure(ctx, sc); err != nil {
-					s.lastErr.Store(sc.Profile.Signer, err)
-					log.Error(err, "CA pool not ready, retrying", "signer", sc.Profile.Signer)
-					return false, nil
-				}
-				return true, nil
-			})
-		if err != nil {
-			return nil // context cancelled
-		}
+		go func() {
+			_ = wait.ExponentialBackoffWithContext(ctx, wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 1 << 30, Cap: 30 * time.Second},
+				func(ctx context.Context) (bool, error) {
+					if err := s.ensure(ctx, sc); err != nil {
+						s.lastErr.Store(sc.Profile.Signer, err)
+						log.Error(err, "CA pool not ready, retrying", "signer", sc.Profile.Signer)
+						return false, nil
+					}
+					return true, nil
+				})
+		}()
 	}
 	<-ctx.Done()
 	return nil

@@ -1,0 +1,216 @@
+package app_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	certsv1 "k8s.io/api/certificates/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/anchorage-dev/anchorage/cmd/member-agent/app"
+	"github.com/anchorage-dev/anchorage/internal/agent/capool"
+	"github.com/anchorage-dev/anchorage/internal/kubeletsim"
+	"github.com/anchorage-dev/anchorage/pkg/signers"
+)
+
+// Only what can never succeed is denied, with a message saying why.
+func TestDenials(t *testing.T) {
+	e := newEnv(t)
+	a := e.startAgent("agent", func(o *app.Options) { o.LeafKeyTypes = []string{"ECDSAP256", "RSA3072"} })
+	ns := e.namespace("deny")
+
+	expectDenied := func(t *testing.T, req *certsv1.PodCertificateRequest, reason, msg string) {
+		t.Helper()
+		c := kubeletsim.TerminalCondition(req)
+		if c == nil || c.Type != certsv1.PodCertificateRequestConditionTypeDenied || c.Reason != reason || !strings.Contains(c.Message, msg) {
+			t.Errorf("got %+v, want Denied/%s containing %q", c, reason, msg)
+		}
+		if req.Status.CertificateChain != "" {
+			t.Error("a denied request carries a certificate")
+		}
+	}
+
+	t.Run("unsupported key type", func(t *testing.T) {
+		p := e.runPod(pod(ns, "ed", signers.SPIFFESignerName, "ED25519", nil, nil))
+		ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+		defer cancel()
+		if err := p.WaitIssued(ctx); err == nil {
+			t.Fatal("WaitIssued succeeded for a key type the signer does not allow")
+		}
+		expectDenied(t, e.latest(p), "UnsupportedKeyType", "supported key types: ECDSAP256, RSA3072")
+	})
+
+	t.Run("pod UID mismatch", func(t *testing.T) {
+		p := e.runPod(pod(ns, "real", signers.SPIFFESignerName, "ECDSAP256", nil, nil))
+		e.waitIssued(p)
+		var live corev1.Pod
+		if err := e.c.Get(e.ctx, types.NamespacedName{Namespace: ns, Name: "real"}, &live); err != nil {
+			t.Fatal(err)
+		}
+		src := *live.Spec.Volumes[0].Projected.Sources[0].PodCertificate
+		req, _, err := e.sim.CreateRequest(e.ctx, &live, src, func(r *certsv1.PodCertificateRequest) { r.Spec.PodUID = "00000000-0000-0000-0000-000000000000" })
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := e.sim.WaitTerminal(e.ctx, req.Namespace, req.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		expectDenied(t, got, "PodUIDMismatch", "does not match pod deny/real")
+	})
+
+	t.Run("unknown user annotation", func(t *testing.T) {
+		p := e.runPod(pod(ns, "ann", signers.SPIFFESignerName, "ECDSAP256", nil, map[string]string{"example.com/path": "/admin"}))
+		ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+		defer cancel()
+		_ = p.WaitIssued(ctx)
+		expectDenied(t, e.latest(p), "InvalidUnverifiedUserAnnotations", "example.com/path")
+	})
+
+	if got := counter(t, a, "anchorage_signer_denied_total"); got != 3 {
+		t.Errorf("anchorage_signer_denied_total = %v, want 3", got)
+	}
+}
+
+// Apiserver errors and a CA pool that cannot be loaded leave requests
+// pending; they are issued once the fault is gone, never Denied or Failed.
+func TestTransientFaultsNeverDeny(t *testing.T) {
+	e := newEnv(t)
+	ns := e.namespace("faults")
+
+	// A broken pool Secret, as after a botched manual edit.
+	broken := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: agentNamespace, Name: capool.SecretName(signers.SPIFFESignerName)},
+		Type:       capool.SecretType,
+		Data:       map[string][]byte{capool.PoolKey: []byte(`{"signer":"anchorage.dev/spiffe","cas":[{"state":"active","certificates":"garbage"}]}`)},
+	}
+	if err := e.c.Create(e.ctx, broken); err != nil {
+		t.Fatal(err)
+	}
+	// Every status write fails while the fault is on.
+	faults := &faultyTransport{match: func(r *http.Request) bool {
+		return r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/status") && strings.Contains(r.URL.Path, "podcertificaterequests")
+	}}
+	faults.on.Store(true)
+	e.agentCfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { faults.rt = rt; return faults })
+	e.startAgent("agent", nil)
+
+	var pods []*kubeletsim.Pod
+	for i := range 6 {
+		signer := signers.SPIFFESignerName
+		if i%2 == 1 {
+			signer = signers.ServiceDNSSignerName
+		}
+		pods = append(pods, e.runPod(pod(ns, fmt.Sprintf("p%d", i), signer, "ECDSAP256", map[string]string{"app": "web"}, nil)))
+	}
+	if err := e.c.Create(e.ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"}, Ports: []corev1.ServicePort{{Port: 443}}}}); err != nil {
+		t.Fatal(err)
+	}
+
+	// service-dns has a pool and signs, but cannot write; spiffe has no pool.
+	eventually(t, 30*time.Second, "status writes attempted and failing", func() (bool, error) { return faults.hits.Load() >= 6, nil })
+	time.Sleep(3 * time.Second)
+	for _, p := range pods {
+		if c := kubeletsim.TerminalCondition(e.latest(p)); c != nil {
+			t.Fatalf("request of pod %s got %s/%s during a transient fault: %s", e.latest(p).Spec.PodName, c.Type, c.Reason, c.Message)
+		}
+	}
+	t.Logf("%d status writes failed and were retried", faults.hits.Load())
+
+	faults.on.Store(false)
+	if err := e.c.Delete(e.ctx, broken); err != nil { // the agent makes a fresh pool
+		t.Fatal(err)
+	}
+	for _, p := range pods {
+		e.waitIssued(p)
+	}
+}
+
+// Two replicas, and the leader stopped mid-batch then a new replica
+// started: every request is issued exactly once and none is lost.
+func TestReplicasAndRestartMidBatch(t *testing.T) {
+	e := newEnv(t)
+	agents := []*runningAgent{e.startAgent("a", nil), e.startAgent("b", nil)}
+	ns := e.namespace("batch")
+	const n = 120
+
+	var (
+		mu   sync.Mutex
+		pods []*kubeletsim.Pod
+	)
+	created := make(chan struct{})
+	go func() {
+		defer close(created)
+		for i := range n {
+			p, err := e.sim.RunPod(e.ctx, pod(ns, fmt.Sprintf("p%03d", i), signers.SPIFFESignerName, "ECDSAP256", nil, nil))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			pods = append(pods, p)
+			mu.Unlock()
+		}
+	}()
+
+	issued := func() int {
+		var list certsv1.PodCertificateRequestList
+		if err := e.c.List(e.ctx, &list, client.InNamespace(ns)); err != nil {
+			t.Fatal(err)
+		}
+		k := 0
+		for i := range list.Items {
+			if c := kubeletsim.TerminalCondition(&list.Items[i]); c != nil && c.Type == certsv1.PodCertificateRequestConditionTypeIssued {
+				k++
+			}
+		}
+		return k
+	}
+	eventually(t, 60*time.Second, "a third of the batch issued", func() (bool, error) { return issued() >= n/3, nil })
+
+	leader := -1
+	for i, a := range agents {
+		select {
+		case <-a.Manager.Elected():
+			leader = i
+		default:
+		}
+	}
+	if leader < 0 {
+		t.Fatal("no leader")
+	}
+	t.Logf("stopping leader %d with %d/%d issued", leader, issued(), n)
+	agents[leader].stop()
+	agents = append(agents, e.startAgent("c", nil))
+
+	<-created
+	for _, p := range pods {
+		e.waitIssued(p)
+	}
+	var total float64
+	for _, a := range agents {
+		total += counter(t, a, "anchorage_signer_issued_total")
+	}
+	if got := issued(); got != n {
+		t.Errorf("%d requests issued, want %d", got, n)
+	}
+	if total != n {
+		t.Errorf("the replicas issued %v certificates in all, want exactly %d", total, n)
+	}
+	var list certsv1.PodCertificateRequestList
+	if err := e.c.List(e.ctx, &list, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Items) != n {
+		t.Errorf("%d requests exist for %d pods: the simulator asked twice", len(list.Items), n)
+	}
+}
