@@ -89,7 +89,11 @@ func TestServiceDNS(t *testing.T) {
 		svc(t, ns, "api", map[string]string{"app": "web", "tier": "api"})
 		svc(t, ns, "other", map[string]string{"app": "other"})
 		svc(t, ns, "manual", nil) // no selector: endpoints managed by hand
-		svc(t, ns, "ext", nil, func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeExternalName; s.Spec.ExternalName = "example.com"; s.Spec.Ports = nil })
+		svc(t, ns, "ext", nil, func(s *corev1.Service) {
+			s.Spec.Type = corev1.ServiceTypeExternalName
+			s.Spec.ExternalName = "example.com"
+			s.Spec.Ports = nil
+		})
 		want(t, names(t, e.runPod(dnsPod(ns, "p", map[string]string{"app": "web", "tier": "api"}, nil))),
 			"api.several.svc", "api.several.svc.cluster.local", "web.several.svc", "web.several.svc.cluster.local")
 	})

@@ -77,7 +77,7 @@ type Reconciler struct {
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, requests cache.Cache, workers int) error {
 	r.Requests = requests
 	b := ctrl.NewControllerManagedBy(mgr).
-		Named("pcr-"+signers.Slug(r.Signer)).
+		Named("pcr-" + signers.Slug(r.Signer)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
 		WatchesRawSource(source.Kind(requests, &certsv1.PodCertificateRequest{}, &handler.TypedEnqueueRequestForObject[*certsv1.PodCertificateRequest]{},
 			// Terminal requests are frozen: never queue them.
@@ -267,4 +267,3 @@ func ptrValue(p *int32) int32 {
 	}
 	return *p
 }
-
