@@ -24,8 +24,8 @@ lint: ## go vet and gofmt.
 envtest-assets: ## Build kube-apiserver and etcd v1.37.1 from the Go module proxy and print their folder.
 	@hack/envtest-assets.sh
 
-bench-issuance: ## Issuance benchmark: anchorage vs the apiserver's ceiling vs Kubernetes' test signer (N=1000).
-	hack/bench-issuance.sh
+bench-issuance: ## Issuance: anchorage vs the apiserver's ceiling vs Kubernetes' test signer (N=1000, medians of 3 runs).
+	cd hack/bench && $(GO) run ./issuance -n 1000 -runs 3
 
-bench-servicedns: ## service-dns lookup cost with 10, 1,000 and 10,000 Services.
-	$(GO) test ./internal/agent/profiles/ -run '^$$' -bench BenchmarkServiceDNSLookup -benchtime 2000x -count 5
+bench-servicedns: ## service-dns lookup cost with 10, 1,000 and 10,000 Services (medians of 5 runs).
+	cd hack/bench && $(GO) run ./servicedns -sizes 10,1000,10000 -runs 5
