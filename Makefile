@@ -29,3 +29,11 @@ bench-issuance: ## Issuance: anchorage vs the apiserver's ceiling vs Kubernetes'
 
 bench-servicedns: ## service-dns lookup cost with 10, 1,000 and 10,000 Services (medians of 5 runs).
 	cd hack/bench && $(GO) run ./servicedns -sizes 10,1000,10000 -runs 5
+
+.PHONY: generate verify-generate
+
+generate: ## Regenerate pkg/apis deepcopy code and the hub CRDs (controller-gen pinned in hack/tools).
+	hack/generate.sh
+
+verify-generate: ## Fail with a diff if the generated code or CRDs are stale.
+	hack/verify-generate.sh
