@@ -214,3 +214,61 @@ func TestReplicasAndRestartMidBatch(t *testing.T) {
 		t.Errorf("%d requests exist for %d pods: the simulator asked twice", len(list.Items), n)
 	}
 }
+
+// A real outage between the agent and its apiserver: connections reset and
+// refused while the kubelet keeps creating requests. The agent loses its
+// lease and is restarted; nothing is denied or failed, the trust bundles
+// stay, and every request is issued once the apiserver is reachable again.
+func TestAPIServerOutage(t *testing.T) {
+	e := newEnv(t)
+	proxy, err := e.cluster.NewProxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Close)
+	restarts := e.superviseAgent("agent", proxy.Config(e.agentCfg))
+	ns := e.namespace("outage")
+	if err := e.c.Create(e.ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"}, Ports: []corev1.ServicePort{{Port: 443}}}}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitIssued(e.runPod(pod(ns, "before", signers.SPIFFESignerName, "ECDSAP256", nil, nil)))
+	bundles := map[string]string{}
+	for _, s := range signers.SignerNames() {
+		bundles[s] = e.localBundle(s).ResourceVersion
+	}
+
+	proxy.Cut()
+	t.Log("apiserver unreachable for the agent")
+	var pods []*kubeletsim.Pod
+	for i := range 8 {
+		signer := signers.SPIFFESignerName
+		if i%2 == 1 {
+			signer = signers.ServiceDNSSignerName
+		}
+		pods = append(pods, e.runPod(pod(ns, fmt.Sprintf("p%d", i), signer, "ECDSAP256", map[string]string{"app": "web"}, nil)))
+	}
+	// Long enough for the agent to lose its lease (renew deadline 3s) and
+	// be restarted into the outage.
+	eventually(t, 30*time.Second, "the agent restarted during the outage", func() (bool, error) { return restarts() >= 1, nil })
+	time.Sleep(2 * time.Second)
+	for _, p := range pods {
+		if c := kubeletsim.TerminalCondition(e.latest(p)); c != nil {
+			t.Fatalf("request got %s/%s during the outage: %s", c.Type, c.Reason, c.Message)
+		}
+	}
+	for s, rv := range bundles {
+		if got := e.localBundle(s).ResourceVersion; got != rv {
+			t.Errorf("bundle of %s changed during the outage", s)
+		}
+	}
+
+	if err := proxy.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	for _, p := range pods {
+		e.waitIssued(p)
+	}
+	t.Logf("all %d requests issued %v after the outage ended (%d agent restarts)", len(pods), time.Since(began).Round(time.Millisecond), restarts())
+}

@@ -233,6 +233,41 @@ func counterValue(m *dto.Metric) float64 {
 	return 0
 }
 
+// superviseAgent runs an agent through cfg the way a Deployment does: when
+// it exits (it gives up leadership when it cannot renew its lease) it is
+// started again a second later. It returns the number of restarts so far.
+func (e *env) superviseAgent(name string, cfg *rest.Config) func() int32 {
+	e.t.Helper()
+	opts := app.NewOptions()
+	opts.ClusterName, opts.TrustDomain = "east", testTrustDomain
+	opts.MetricsBindAddress, opts.HealthProbeBindAddress = "0", "0"
+	opts.LeaderElectionLeaseDuration, opts.LeaderElectionRenewDeadline, opts.LeaderElectionRetryPeriod = 4*time.Second, 3*time.Second, 300*time.Millisecond
+	log := testr.NewWithOptions(e.t, testr.Options{LogTimestamp: true}).WithName(name)
+	ctx, cancel := context.WithCancel(ctrl.LoggerInto(e.ctx, log))
+	var restarts atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			a, err := app.New(ctx, opts, cfg)
+			if err == nil {
+				err = a.Start(ctx)
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			log.Info("agent exited; restarting in 1s", "error", err)
+			restarts.Add(1)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+	e.t.Cleanup(func() { cancel(); <-done })
+	return restarts.Load
+}
+
 // faultyTransport fails requests matching match while on is set, as an
 // apiserver under stress would (503), and counts them.
 type faultyTransport struct {

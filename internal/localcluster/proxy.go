@@ -1,0 +1,124 @@
+package localcluster
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"sync"
+
+	"k8s.io/client-go/rest"
+)
+
+// Proxy is a TCP proxy in front of a cluster's apiserver that a test can
+// cut, to give one client a real outage (refused and reset connections)
+// while the apiserver, and every other client, carries on. TLS passes
+// through untouched, so the client still verifies the apiserver.
+type Proxy struct {
+	target string
+	addr   string
+
+	mu    sync.Mutex
+	ln    net.Listener
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// NewProxy starts a proxy to c's apiserver on a free loopback port.
+func (c *Cluster) NewProxy() (*Proxy, error) {
+	u, err := url.Parse(c.Config.Host)
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{target: u.Host, conns: map[net.Conn]struct{}{}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	p.addr = ln.Addr().String()
+	p.serve(ln)
+	return p, nil
+}
+
+// Config returns cfg pointed at the proxy.
+func (p *Proxy) Config(cfg *rest.Config) *rest.Config {
+	out := rest.CopyConfig(cfg)
+	out.Host = "https://" + p.addr
+	return out
+}
+
+// Cut closes every open connection and refuses new ones until Restore.
+func (p *Proxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		_ = p.ln.Close()
+		p.ln = nil
+	}
+	for c := range p.conns {
+		_ = c.Close()
+	}
+}
+
+// Restore accepts connections again, on the same address.
+func (p *Proxy) Restore() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		return fmt.Errorf("re-listening on %s: %w", p.addr, err)
+	}
+	p.serveLocked(ln)
+	return nil
+}
+
+// Close cuts the proxy for good and waits for its goroutines.
+func (p *Proxy) Close() {
+	p.Cut()
+	p.wg.Wait()
+}
+
+func (p *Proxy) serve(ln net.Listener) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.serveLocked(ln)
+}
+
+func (p *Proxy) serveLocked(ln net.Listener) {
+	p.ln = ln
+	p.wg.Go(func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return // cut or closed
+			}
+			out, err := net.Dial("tcp", p.target)
+			if err != nil {
+				_ = in.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns[in], p.conns[out] = struct{}{}, struct{}{}
+			p.mu.Unlock()
+			p.wg.Go(func() { p.pipe(in, out) })
+			p.wg.Go(func() { p.pipe(out, in) })
+		}
+	})
+}
+
+func (p *Proxy) pipe(dst, src net.Conn) {
+	_, err := io.Copy(dst, src)
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		_ = err // a reset: the other direction closes too
+	}
+	_ = dst.Close()
+	_ = src.Close()
+	p.mu.Lock()
+	delete(p.conns, dst)
+	delete(p.conns, src)
+	p.mu.Unlock()
+}
