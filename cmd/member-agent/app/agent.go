@@ -181,6 +181,7 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config) (*Agent, error) {
 			Client:         mgr.GetClient(),
 			APIReader:      mgr.GetAPIReader(),
 			Pools:          pools,
+			PoolChanges:    pools.Subscribe(),
 			Issuer:         issuer,
 			Keys:           keyTypes,
 			PendingTimeout: opts.ServiceDNSPendingTimeout,

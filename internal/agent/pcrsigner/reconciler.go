@@ -20,8 +20,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/anchorage-dev/anchorage/pkg/signers"
@@ -36,7 +38,7 @@ const (
 	ReasonWaitingForCAPool    = "WaitingForCAPool"
 	FieldManager              = "anchorage-member-agent"
 	defaultPendingRetry       = 10 * time.Second
-	waitingForPoolRetry       = 2 * time.Second
+	waitingForPoolRetry       = 10 * time.Second // PoolChanges normally re-queues sooner
 	caExpiringRetry           = 30 * time.Second
 	eventActionSign           = "Sign"
 	eventActionWaitForService = "Wait"
@@ -60,6 +62,9 @@ type Reconciler struct {
 	// denying: the cache may lag a pod that was just re-created.
 	APIReader client.Reader
 	Pools     PoolSource
+	// PoolChanges, when set, fires when a pool is (re)loaded: requests that
+	// waited for it are re-queued at once.
+	PoolChanges <-chan event.GenericEvent
 	// Issuer is the cluster's OIDC issuer URL embedded in certificates.
 	Issuer string
 	Keys   signers.KeyPolicy
@@ -82,6 +87,9 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, requests cache.Cache, wo
 		WatchesRawSource(source.Kind(requests, &certsv1.PodCertificateRequest{}, &handler.TypedEnqueueRequestForObject[*certsv1.PodCertificateRequest]{},
 			// Terminal requests are frozen: never queue them.
 			predicate.NewTypedPredicateFuncs(func(o *certsv1.PodCertificateRequest) bool { return !Terminal(o) })))
+	if r.PoolChanges != nil {
+		b = b.WatchesRawSource(source.Channel(r.PoolChanges, EnqueuePending(requests, false)))
+	}
 	if w, ok := r.Profile.(Watcher); ok {
 		b = w.Watch(b, requests)
 	}
@@ -238,6 +246,29 @@ func (r *Reconciler) finish(ctx context.Context, req *certsv1.PodCertificateRequ
 		vec.WithLabelValues(r.Signer, reason).Inc()
 	}
 	return nil
+}
+
+// EnqueuePending maps an event to the requests that are not terminal yet,
+// for changes that may unblock them (a CA pool loaded, a Service created).
+// With sameNamespace, only the requests in the event object's namespace.
+func EnqueuePending(requests client.Reader, sameNamespace bool) handler.EventHandler {
+	return handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
+		var opts []client.ListOption
+		if sameNamespace {
+			opts = append(opts, client.InNamespace(obj.GetNamespace()))
+		}
+		var list certsv1.PodCertificateRequestList
+		if err := requests.List(ctx, &list, opts...); err != nil {
+			return nil
+		}
+		var out []reconcile.Request
+		for i := range list.Items {
+			if !Terminal(&list.Items[i]) {
+				out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+			}
+		}
+		return out
+	})
 }
 
 // ignoreGone drops errors after which there is nothing left to do here:

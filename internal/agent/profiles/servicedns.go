@@ -13,11 +13,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/handler"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/anchorage-dev/anchorage/internal/agent/pcrsigner"
@@ -198,18 +195,6 @@ func systemNamespace(ns string) bool {
 // re-queues the pending requests of its namespace, so that a pod waiting
 // for its Service is issued as soon as the Service exists.
 func (p *ServiceDNS) Watch(b *builder.Builder, requests client.Reader) *builder.Builder {
-	enqueue := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
-		var list certsv1.PodCertificateRequestList
-		if err := requests.List(ctx, &list, client.InNamespace(obj.GetNamespace())); err != nil {
-			return nil
-		}
-		var out []reconcile.Request
-		for i := range list.Items {
-			if !pcrsigner.Terminal(&list.Items[i]) {
-				out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: list.Items[i].Namespace, Name: list.Items[i].Name}})
-			}
-		}
-		return out
-	})
+	enqueue := pcrsigner.EnqueuePending(requests, true)
 	return b.Watches(&corev1.Service{}, enqueue).Watches(&mcsv1beta1.ServiceExport{}, enqueue)
 }
