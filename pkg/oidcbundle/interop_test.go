@@ -164,7 +164,11 @@ func TestLeafVerifiesAgainstServedDocuments(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaf := issued.Chain[0]
+	chain, err := issued.Chain()
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := chain[0]
 
 	// AIA: the URL in the leaf is served, and the CA there signed the leaf.
 	aiaURL := leaf.IssuingCertificateURL[0]
@@ -191,7 +195,7 @@ func TestLeafVerifiesAgainstServedDocuments(t *testing.T) {
 	if !bundle.HasX509Authority(served) {
 		t.Fatalf("the AIA certificate is not in the served bundle")
 	}
-	id, _, err := x509svid.Verify(issued.Chain, bundle, x509svid.WithTime(t0.Add(time.Minute)))
+	id, _, err := x509svid.Verify(chain, bundle, x509svid.WithTime(t0.Add(time.Minute)))
 	if err != nil || id.String() != "spiffe://east.example/ns/shop/sa/web" {
 		t.Errorf("x509svid.Verify: %v %v", id, err)
 	}

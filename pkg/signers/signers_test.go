@@ -159,9 +159,13 @@ func TestSPIFFELeafEveryKeyType(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			leaf := iss.Chain[0]
-			if len(iss.Chain) != 1 {
-				t.Errorf("chain of %d certificates; a root CA's leaf chain is the leaf alone", len(iss.Chain))
+			chain := mustChain(t, iss)
+			leaf := chain[0]
+			if len(chain) != 1 {
+				t.Errorf("chain of %d certificates; a root CA's leaf chain is the leaf alone", len(chain))
+			}
+			if back, err := ParseCertificatesPEM(iss.ChainPEM()); err != nil || len(back) != 1 || !back[0].Equal(leaf) {
+				t.Errorf("ChainPEM does not hold the chain: %v", err)
 			}
 			if len(leaf.URIs) != 1 || leaf.URIs[0].String() != "spiffe://east.example/ns/shop/sa/frontend" {
 				t.Errorf("URI SANs %v", leaf.URIs)
@@ -205,7 +209,7 @@ func TestSPIFFELeafEveryKeyType(t *testing.T) {
 			if got, err := IssuerFromCertificate(leaf); err != nil || got != issuer {
 				t.Errorf("IssuerFromCertificate = %q, %v", got, err)
 			}
-			id, _, err := x509svid.Verify(iss.Chain, bundle, x509svid.WithTime(at))
+			id, _, err := x509svid.Verify(chain, bundle, x509svid.WithTime(at))
 			if err != nil {
 				t.Fatalf("go-spiffe rejects the SVID: %v", err)
 			}
@@ -227,7 +231,7 @@ func TestServiceDNSLeaf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaf := iss.Chain[0]
+	leaf := mustChain(t, iss)[0]
 	if !equalStrings(leaf.DNSNames, names) || len(leaf.URIs) != 0 {
 		t.Errorf("SANs dns=%v uris=%v", leaf.DNSNames, leaf.URIs)
 	}
@@ -442,10 +446,14 @@ func TestImportCA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(iss.Chain) != 2 || !iss.Chain[1].Equal(inter) {
-		t.Fatalf("chain must be leaf + intermediate, got %d certificates", len(iss.Chain))
+	chain := mustChain(t, iss)
+	if len(chain) != 2 || !chain[1].Equal(inter) {
+		t.Fatalf("chain must be leaf + intermediate, got %d certificates", len(chain))
 	}
-	if _, _, err := x509svid.Verify(iss.Chain, x509bundle.FromX509Authorities(td, p.Anchors(t0)), x509svid.WithTime(t0)); err != nil {
+	if back, err := ParseCertificatesPEM(iss.ChainPEM()); err != nil || len(back) != 2 || !back[1].Equal(inter) {
+		t.Errorf("ChainPEM must hold leaf + intermediate: %v", err)
+	}
+	if _, _, err := x509svid.Verify(chain, x509bundle.FromX509Authorities(td, p.Anchors(t0)), x509svid.WithTime(t0)); err != nil {
 		t.Errorf("verify through the intermediate: %v", err)
 	}
 
@@ -516,6 +524,15 @@ func TestSlug(t *testing.T) {
 	if Slug(SPIFFESignerName) != "spiffe" || Slug(ServiceDNSSignerName) != "service-dns" {
 		t.Error("slugs")
 	}
+}
+
+func mustChain(t *testing.T, iss *Issued) []*x509.Certificate {
+	t.Helper()
+	chain, err := iss.Chain()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return chain
 }
 
 func equalStrings(a, b []string) bool { return strings.Join(a, ",") == strings.Join(b, ",") }

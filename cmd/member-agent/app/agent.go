@@ -120,7 +120,9 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config) (*Agent, error) {
 		// Names are unique within an agent; the sandbox and tests run several
 		// agents in one process, which controller-runtime's process-wide
 		// name check would refuse.
-		Controller: ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
+		// Warmup: a standby replica keeps its sources (the request
+		// informers) synced, so a failover starts signing at once.
+		Controller: ctrlconfig.Controller{SkipNameValidation: ptr.To(true), EnableWarmup: ptr.To(true)},
 		Client: client.Options{Cache: &client.CacheOptions{
 			// Requests are read from the per-signer caches, never the
 			// manager's, which would otherwise watch every signer's.
@@ -133,6 +135,14 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config) (*Agent, error) {
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &corev1.Service{}, profiles.SelectorIndex, profiles.IndexServiceSelector); err != nil {
 		return nil, fmt.Errorf("indexing Services: %w", err)
 	}
+	// Register every informer now so that they all list at start, in
+	// parallel, before the controllers run; otherwise the first request
+	// would wait for the cluster's pods to be listed on its first read.
+	for _, obj := range []client.Object{&corev1.Pod{}, &corev1.Secret{}, &corev1.Service{}, &mcsv1beta1.ServiceExport{}, &certsv1.ClusterTrustBundle{}} {
+		if _, err := mgr.GetCache().GetInformer(ctx, obj, cache.BlockUntilSynced(false)); err != nil {
+			return nil, fmt.Errorf("watching %T: %w", obj, err)
+		}
+	}
 
 	env := signers.Env{}
 	pools := &capool.Store{
@@ -140,6 +150,7 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config) (*Agent, error) {
 		Cache:     mgr.GetCache(),
 		Namespace: opts.Namespace,
 		Env:       env,
+		Log:       log.WithName("capool"),
 		Signers: []capool.SignerConfig{
 			{Profile: withLifetime(signers.SPIFFECAProfile(opts.ClusterName, td.Name(), issuer), opts.CALifetime), ImportSecret: opts.SPIFFECAImportSecret},
 			{Profile: withLifetime(signers.ServiceDNSCAProfile(opts.ClusterName, opts.ClusterDomain, issuer), opts.CALifetime), ImportSecret: opts.ServiceDNSCAImportSecret},

@@ -7,6 +7,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -35,6 +37,7 @@ func main() {
 	sizesFlag := flag.String("sizes", "10,1000,10000", "Service counts to measure, ascending")
 	runs := flag.Int("runs", 5, "repetitions per measurement; the median is printed")
 	flag.Parse()
+	benchutil.QuietLogs(logr.Discard())
 	if err := run(*sizesFlag, *runs); err != nil {
 		fmt.Fprintln(os.Stderr, "servicedns:", err)
 		os.Exit(1)
@@ -55,8 +58,15 @@ func run(sizesFlag string, runs int) error {
 	if _, err := localcluster.EnsureAssets(ctx, os.Stderr); err != nil {
 		return err
 	}
-	benchutil.Progress("starting kube-apiserver")
-	cl, err := localcluster.Start(ctx, localcluster.Options{Name: "bench", Scheme: app.Scheme()})
+	etcdDir, err := benchutil.EtcdDir()
+	if err != nil {
+		return err
+	}
+	if etcdDir != "" {
+		defer os.RemoveAll(etcdDir)
+	}
+	benchutil.Progress("starting kube-apiserver (etcd data in %s)", cmp.Or(etcdDir, "a temporary folder"))
+	cl, err := localcluster.Start(ctx, localcluster.Options{Name: "bench", Scheme: app.Scheme(), DataDir: etcdDir})
 	if err != nil {
 		return err
 	}

@@ -54,6 +54,7 @@ type Store struct {
 	Namespace string
 	Signers   []SignerConfig
 	Env       signers.Env
+	Log       logr.Logger
 
 	pools   sync.Map // signer name -> *signers.Pool
 	loaded  atomic.Bool
@@ -103,7 +104,7 @@ func (s *Store) NeedLeaderElection() bool { return true }
 
 // Start ensures every pool exists, then follows its Secret.
 func (s *Store) Start(ctx context.Context) error {
-	log := logr.FromContextOrDiscard(ctx).WithName("capool")
+	log := s.Log
 	ctx = logr.NewContext(ctx, log)
 	informer, err := s.Cache.GetInformer(ctx, &corev1.Secret{})
 	if err != nil {

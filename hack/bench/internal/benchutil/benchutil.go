@@ -3,11 +3,31 @@
 package benchutil
 
 import (
+	"flag"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"time"
+
+	"github.com/go-logr/logr"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
 )
+
+// QuietLogs keeps the components' logs (client-go, controller-runtime) off
+// the terminal, so a benchmark prints only progress and figures; the
+// in-process components log to components (logr.Discard() for none;
+// controller-runtime takes only the first logger it is given).
+func QuietLogs(components logr.Logger) {
+	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(fs)
+	_ = fs.Set("logtostderr", "false")
+	_ = fs.Set("stderrthreshold", "FATAL")
+	klog.SetOutput(io.Discard)
+	klog.SetLogger(logr.Discard())
+	ctrl.SetLogger(components)
+}
 
 // Median of ds (the mean of the middle two for an even count).
 func Median(ds []time.Duration) time.Duration {
@@ -38,4 +58,14 @@ func MedianFloat(xs []float64) float64 {
 // Progress prints a progress line on stderr, so stdout holds only figures.
 func Progress(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+}
+
+// EtcdDir returns a fresh etcd data folder on tmpfs (/dev/shm) when the
+// machine has one, so that disk latency jitter does not drown what is being
+// measured; "" (a temporary folder on disk) otherwise. The caller removes it.
+func EtcdDir() (string, error) {
+	if fi, err := os.Stat("/dev/shm"); err != nil || !fi.IsDir() {
+		return "", nil
+	}
+	return os.MkdirTemp("/dev/shm", "anchorage-bench-etcd-")
 }
