@@ -3,7 +3,7 @@ SHELL := /usr/bin/env bash
 GO    ?= go
 BIN   ?= bin
 
-.PHONY: help build test demo lint bench-issuance bench-servicedns envtest-assets
+.PHONY: help build test demo lint bench-issuance bench-servicedns bench-smoke envtest-assets
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -17,15 +17,19 @@ test: ## Run all tests against real kube-apiservers (builds them once, ~6 min, t
 demo: ## Run the sandbox: a hub and two member clusters on this machine, ending in cross-cluster mTLS.
 	$(GO) run ./cmd/sandbox
 
-lint: ## go vet and gofmt.
+lint: ## go vet (main and hack modules) and gofmt.
 	$(GO) vet ./...
+	cd hack/bench && $(GO) vet ./...
 	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [[ -n "$$out" ]]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 
 envtest-assets: ## Build kube-apiserver and etcd v1.37.1 from the Go module proxy and print their folder.
 	@hack/envtest-assets.sh
 
 bench-issuance: ## Issuance: anchorage vs the apiserver's ceiling vs Kubernetes' test signer (N=1000, medians of 3 runs).
-	cd hack/bench && $(GO) run ./issuance -n 1000 -runs 3
+	cd hack/bench && $(GO) run ./issuance -n 1000 -runs 5
+
+bench-smoke: ## A short run of every benchmark (CI checks they work; figures come from the full runs).
+	cd hack/bench && $(GO) run ./issuance -n 50 -runs 1 && $(GO) run ./servicedns -sizes 10,100 -runs 1
 
 bench-servicedns: ## service-dns lookup cost with 10, 1,000 and 10,000 Services (medians of 5 runs).
 	cd hack/bench && $(GO) run ./servicedns -sizes 10,1000,10000 -runs 5
