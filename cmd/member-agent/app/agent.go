@@ -2,12 +2,17 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -33,9 +38,11 @@ import (
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/anchorage-dev/anchorage/internal/agent/capool"
+	"github.com/anchorage-dev/anchorage/internal/agent/hubclient"
 	"github.com/anchorage-dev/anchorage/internal/agent/pcrsigner"
 	"github.com/anchorage-dev/anchorage/internal/agent/profiles"
 	"github.com/anchorage-dev/anchorage/internal/agent/trustbundles"
+	"github.com/anchorage-dev/anchorage/pkg/federation"
 	"github.com/anchorage-dev/anchorage/pkg/signers"
 )
 
@@ -69,9 +76,30 @@ type Agent struct {
 	Issuer   string
 }
 
+// Option changes how New builds the agent beyond its flags.
+type Option func(*deps)
+
+type deps struct {
+	hubToken func(context.Context) (string, error)
+	reported func()
+}
+
+// WithHubToken replaces reading --hub-token-file (the sandbox and tests
+// mint tokens with the TokenRequest API).
+func WithHubToken(f func(context.Context) (string, error)) Option {
+	return func(d *deps) { d.hubToken = f }
+}
+
+// WithReported is called after every successful report to the hub.
+func WithReported(f func()) Option { return func(d *deps) { d.reported = f } }
+
 // New builds the agent for the cluster reached through cfg. It reads the
 // issuer from the apiserver when opts.Issuer is empty.
-func New(ctx context.Context, opts *Options, cfg *rest.Config) (*Agent, error) {
+func New(ctx context.Context, opts *Options, cfg *rest.Config, options ...Option) (*Agent, error) {
+	var d deps
+	for _, o := range options {
+		o(&d)
+	}
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
@@ -220,6 +248,16 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config) (*Agent, error) {
 		return nil, fmt.Errorf("setting up the trust-bundle publisher: %w", err)
 	}
 
+	if opts.HubURL != "" {
+		r, err := newReporter(opts, mgr, pools, d, log)
+		if err != nil {
+			return nil, err
+		}
+		if err := mgr.Add(r); err != nil {
+			return nil, err
+		}
+	}
+
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return nil, err
 	}
@@ -335,3 +373,46 @@ func Main(ctx context.Context, opts *Options) error {
 	}
 	return Run(ctrl.LoggerInto(ctx, ctrl.Log.WithName("member-agent")), opts, cfg)
 }
+
+func newReporter(opts *Options, mgr manager.Manager, pools *capool.Store, d deps, log logr.Logger) (*hubclient.Reporter, error) {
+	httpClient := &http.Client{Timeout: 30 * time.Second}
+	if opts.HubCAFile != "" {
+		pem, err := os.ReadFile(opts.HubCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading --hub-ca-file: %w", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--hub-ca-file %s holds no PEM certificate", opts.HubCAFile)
+		}
+		httpClient.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
+	}
+	token := d.hubToken
+	if token == nil {
+		token = func(context.Context) (string, error) {
+			b, err := os.ReadFile(opts.HubTokenFile)
+			if err != nil {
+				return "", fmt.Errorf("reading the projected hub token (mount a serviceAccountToken volume with audience %s at --hub-token-file): %w", opts.HubURL, err)
+			}
+			return strings.TrimSpace(string(b)), nil
+		}
+	}
+	cs, err := kubernetes.NewForConfig(mgr.GetConfig())
+	if err != nil {
+		return nil, err
+	}
+	return &hubclient.Reporter{
+		Hub:        &federation.Client{HubURL: opts.HubURL, Cluster: opts.ClusterName, HTTP: httpClient, Token: token},
+		Reader:     mgr.GetAPIReader(),
+		JoinSecret: client.ObjectKey{Namespace: opts.Namespace, Name: opts.JoinTokenSecret},
+		REST:       cs.Discovery().RESTClient(),
+		Pools:      pools,
+		Interval:   opts.ReportInterval,
+		Version:    Version,
+		Log:        log.WithName("hub"),
+		Reported:   d.reported,
+	}, nil
+}
+
+// Version of the agent, reported to the hub.
+const Version = "v0.1.0-dev"

@@ -42,6 +42,12 @@ type Options struct {
 	SPIFFECAImportSecret     string
 	ServiceDNSCAImportSecret string
 
+	HubURL          string
+	HubCAFile       string
+	HubTokenFile    string
+	JoinTokenSecret string
+	ReportInterval  time.Duration
+
 	// PodName and PodNamespace (from the downward API) name the object
 	// agent-level Events are recorded against.
 	PodName, PodNamespace string
@@ -71,6 +77,9 @@ func NewOptions() *Options {
 		ServiceDNSPendingTimeout:    10 * time.Minute,
 		LeafKeyTypes:                kts,
 		CALifetime:                  signers.DefaultCALifetime,
+		HubTokenFile:                "/var/run/secrets/anchorage.dev/hub/token",
+		JoinTokenSecret:             "anchorage-join-token",
+		ReportInterval:              30 * time.Second,
 	}
 }
 
@@ -97,6 +106,11 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.CALifetime, "ca-lifetime", o.CALifetime, "Lifetime of the CAs the agent generates.")
 	fs.StringVar(&o.SPIFFECAImportSecret, "spiffe-ca-import-secret", o.SPIFFECAImportSecret, "kubernetes.io/tls Secret in --namespace to import as the first SPIFFE CA (tls.key; tls.crt = CA certificate then its chain). Default: generate a CA.")
 	fs.StringVar(&o.ServiceDNSCAImportSecret, "service-dns-ca-import-secret", o.ServiceDNSCAImportSecret, "kubernetes.io/tls Secret in --namespace to import as the first service-dns CA. Default: generate a CA.")
+	fs.StringVar(&o.HubURL, "hub-url", o.HubURL, "The hub's external URL. Empty: run standalone, without federation.")
+	fs.StringVar(&o.HubCAFile, "hub-ca-file", o.HubCAFile, "CA certificates (PEM) to trust for the hub's serving certificate. Default: the system roots.")
+	fs.StringVar(&o.HubTokenFile, "hub-token-file", o.HubTokenFile, "Projected service-account token with the hub URL as audience (a serviceAccountToken volume), read on every call.")
+	fs.StringVar(&o.JoinTokenSecret, "join-token-secret", o.JoinTokenSecret, "Secret in --namespace whose \"token\" key holds the hub's single-use join token for this cluster.")
+	fs.DurationVar(&o.ReportInterval, "report-interval", o.ReportInterval, "How often the agent reports its anchors and JWKS to the hub (keep it well under the hub's --report-lease).")
 	fs.StringVar(&o.PodName, "pod-name", o.PodName, "The agent's pod name (downward API), for Events.")
 	fs.StringVar(&o.PodNamespace, "pod-namespace", o.PodNamespace, "The agent's pod namespace (downward API), for Events.")
 }
@@ -130,6 +144,14 @@ func (o *Options) Validate() error {
 	}
 	if o.ServiceDNSPendingTimeout <= 0 {
 		errs = append(errs, errors.New("--service-dns-pending-timeout must be positive"))
+	}
+	if o.HubURL != "" {
+		if u, err := url.Parse(o.HubURL); err != nil || u.Scheme != "https" || u.Host == "" {
+			errs = append(errs, fmt.Errorf("--hub-url %q must be an https URL", o.HubURL))
+		}
+		if o.ReportInterval <= 0 {
+			errs = append(errs, errors.New("--report-interval must be positive"))
+		}
 	}
 	if o.CALifetime < 2*signers.MaxLeafLifetime {
 		errs = append(errs, fmt.Errorf("--ca-lifetime must be at least %s", 2*signers.MaxLeafLifetime))

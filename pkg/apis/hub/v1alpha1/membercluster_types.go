@@ -133,6 +133,14 @@ type MemberClusterStatus struct {
 	// +optional
 	AppliedBundleSequence int64 `json:"appliedBundleSequence,omitempty"`
 
+	// anchorsSequence is incremented by the hub each time the reported
+	// anchors change; it is the spiffe_sequence of the member's SPIFFE
+	// bundle, the same on every hub replica.
+	//
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	AnchorsSequence int64 `json:"anchorsSequence,omitempty"`
+
 	// observedGeneration is the metadata.generation the status was written for.
 	//
 	// +optional

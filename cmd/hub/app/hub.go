@@ -1,0 +1,285 @@
+package app
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/anchorage-dev/anchorage/internal/hub/api"
+	"github.com/anchorage-dev/anchorage/internal/hub/members"
+	hubv1 "github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1"
+	"github.com/anchorage-dev/anchorage/pkg/oidcbundle"
+)
+
+// FieldManager of every hub write.
+const FieldManager = "anchorage-hub"
+
+// Scheme is the hub's scheme: client-go types and hub.anchorage.dev.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	if err := hubv1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// Hub is a configured hub, ready to Start.
+type Hub struct {
+	Manager  manager.Manager
+	Store    *oidcbundle.Store
+	Registry *prometheus.Registry
+	// CAFile is the development CA written for clients, when the hub made
+	// its own certificate.
+	CAFile string
+	ln     net.Listener
+	server *http.Server
+}
+
+// Addr is the address the hub listens on.
+func (h *Hub) Addr() string { return h.ln.Addr().String() }
+
+// New builds the hub. ln, when not nil, is the listener to serve on (tests
+// pick a port before they know the external URL); otherwise the hub listens
+// on opts.ListenAddress.
+func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) (*Hub, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	log := ctrl.LoggerFrom(ctx)
+	cfg = rest.CopyConfig(cfg)
+	cfg.QPS, cfg.Burst, cfg.UserAgent = opts.KubeAPIQPS, opts.KubeAPIBurst, "anchorage-hub"
+
+	store, err := oidcbundle.NewStore(oidcbundle.Options{HubURL: opts.ExternalURL})
+	if err != nil {
+		return nil, err
+	}
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                        Scheme(),
+		Logger:                        log,
+		LeaderElection:                opts.LeaderElect,
+		LeaderElectionID:              "anchorage-hub",
+		LeaderElectionNamespace:       opts.Namespace,
+		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 &opts.LeaderElectionLeaseDuration,
+		RenewDeadline:                 &opts.LeaderElectionRenewDeadline,
+		RetryPeriod:                   &opts.LeaderElectionRetryPeriod,
+		// Health and metrics are served on the hub's own HTTPS server.
+		HealthProbeBindAddress: "0",
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		Controller:             ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
+		Cache: cache.Options{
+			DefaultTransform: cache.TransformStripManagedFields(),
+			ByObject:         map[client.Object]cache.ByObject{&corev1.Secret{}: {Namespaces: map[string]cache.Config{opts.Namespace: {}}}},
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating the controller manager: %w", err)
+	}
+	recorder := mgr.GetEventRecorder(FieldManager)
+	status := &members.StatusReconciler{
+		Client: mgr.GetClient(), Namespace: opts.Namespace, Clock: clock.RealClock{}, Recorder: recorder,
+		TokenTTL: opts.JoinTokenTTL, ReportLease: opts.ReportLease,
+	}
+	if err := status.SetupWithManager(mgr); err != nil {
+		return nil, err
+	}
+	docs := &members.Documents{Reader: mgr.GetCache(), Store: store, Ready: make(chan struct{})}
+	if err := docs.SetupWithManager(mgr); err != nil {
+		return nil, err
+	}
+
+	r := chi.NewRouter()
+	r.Use(middleware.Recoverer, accessLog(log.WithName("http"), registry))
+	store.Routes(r)
+	(&api.Handler{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Store: store, Namespace: opts.Namespace,
+		Clock: clock.RealClock{}, Log: log.WithName("agent-api"), MaxBodyBytes: opts.MaxBodyBytes,
+	}).Routes(r)
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		select {
+		case <-docs.Ready:
+			_, _ = w.Write([]byte("ok"))
+		default:
+			http.Error(w, "documents not built yet", http.StatusServiceUnavailable)
+		}
+	})
+	r.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{crmetrics.Registry, registry}, promhttp.HandlerOpts{}))
+
+	tlsCfg, caFile, err := serving(opts, log)
+	if err != nil {
+		return nil, err
+	}
+	if ln == nil {
+		if ln, err = net.Listen("tcp", opts.ListenAddress); err != nil {
+			return nil, fmt.Errorf("listening on %s: %w", opts.ListenAddress, err)
+		}
+	}
+	h := &Hub{Manager: mgr, Store: store, Registry: registry, CAFile: caFile, ln: ln,
+		server: &http.Server{Handler: r, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}}
+	if err := mgr.Add(serveRunnable(h, log)); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// Start runs the hub until ctx ends.
+func (h *Hub) Start(ctx context.Context) error { return h.Manager.Start(ctx) }
+
+// Main runs the hub against the cluster of opts.Kubeconfig.
+func Main(ctx context.Context, opts *Options) error {
+	if err := opts.Validate(); err != nil {
+		return err
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = opts.Kubeconfig
+	cfg, err := rest.InClusterConfig()
+	if err != nil || opts.Kubeconfig != "" {
+		if cfg, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig(); err != nil {
+			return fmt.Errorf("no Kubernetes configuration for the hub cluster: run in a cluster or pass --kubeconfig: %w", err)
+		}
+	}
+	ctx = ctrl.LoggerInto(ctx, ctrl.Log.WithName("hub"))
+	h, err := New(ctx, opts, cfg, nil)
+	if err != nil {
+		return err
+	}
+	return h.Start(ctx)
+}
+
+type everyReplica manager.RunnableFunc
+
+func (f everyReplica) Start(ctx context.Context) error { return f(ctx) }
+func (everyReplica) NeedLeaderElection() bool          { return false }
+
+func serveRunnable(h *Hub, log logr.Logger) manager.Runnable {
+	return everyReplica(func(ctx context.Context) error {
+		go func() {
+			<-ctx.Done()
+			shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = h.server.Shutdown(shutdown)
+		}()
+		log.Info("serving", "address", h.ln.Addr().String())
+		if err := h.server.ServeTLS(h.ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serving on %s: %w", h.ln.Addr(), err)
+		}
+		return nil
+	})
+}
+
+// serving returns the TLS config: the operator's certificate, or a
+// self-signed development one whose certificate is written to a file for
+// clients to trust.
+func serving(opts *Options, log logr.Logger) (*tls.Config, string, error) {
+	if opts.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(opts.TLSCertFile, opts.TLSKeyFile)
+		if err != nil {
+			return nil, "", fmt.Errorf("loading --tls-cert-file/--tls-key-file: %w", err)
+		}
+		return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, "", nil
+	}
+	u, _ := url.Parse(opts.ExternalURL)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, "", err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{Organization: []string{"anchorage"}, CommonName: "anchorage hub (development, self-signed)"},
+		NotBefore:    time.Now().Add(-time.Hour), NotAfter: time.Now().Add(365 * 24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true,
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:    []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	if ip := net.ParseIP(u.Hostname()); ip != nil {
+		tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+	} else {
+		tmpl.DNSNames = append(tmpl.DNSNames, u.Hostname())
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, "", err
+	}
+	caFile := opts.DevCAFile
+	if caFile == "" {
+		caFile = filepath.Join(os.TempDir(), "anchorage-hub-ca.pem")
+	}
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return nil, "", fmt.Errorf("writing the development CA to %s: %w", caFile, err)
+	}
+	log.Info("no --tls-cert-file: serving a self-signed development certificate; trust it with the CA file", "caFile", caFile)
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}, caFile, nil
+}
+
+// accessLog logs agent API calls and failures at info, document reads at
+// V(1), and counts every request by route and status.
+func accessLog(log logr.Logger, reg prometheus.Registerer) func(http.Handler) http.Handler {
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anchorage_hub_http_requests_total", Help: "HTTP requests by route pattern, method and status code."}, []string{"route", "method", "code"})
+	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "anchorage_hub_http_request_duration_seconds", Help: "HTTP request latency by route pattern.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}, []string{"route"})
+	reg.MustRegister(requests, latency)
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+			next.ServeHTTP(ww, r)
+			route := chi.RouteContext(r.Context()).RoutePattern()
+			if route == "" {
+				route = "unmatched"
+			}
+			d := time.Since(start)
+			requests.WithLabelValues(route, r.Method, strconv.Itoa(ww.Status())).Inc()
+			latency.WithLabelValues(route).Observe(d.Seconds())
+			l := log.V(1)
+			if ww.Status() >= 400 || chi.URLParam(r, "cluster") != "" && r.Method != http.MethodGet {
+				l = log
+			}
+			l.Info("request", "method", r.Method, "path", r.URL.Path, "status", ww.Status(), "bytes", ww.BytesWritten(), "duration", d, "remote", r.RemoteAddr)
+		})
+	}
+}

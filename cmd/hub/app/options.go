@@ -1,0 +1,85 @@
+package app
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/anchorage-dev/anchorage/pkg/federation"
+)
+
+// Options are the hub's flags.
+type Options struct {
+	ExternalURL   string
+	ListenAddress string
+	TLSCertFile   string
+	TLSKeyFile    string
+	DevCAFile     string
+	Namespace     string
+	Kubeconfig    string
+	JoinTokenTTL  time.Duration
+	ReportLease   time.Duration
+	MaxBodyBytes  int64
+	LeaderElect   bool
+	KubeAPIQPS    float32
+	KubeAPIBurst  int
+
+	LeaderElectionLeaseDuration time.Duration
+	LeaderElectionRenewDeadline time.Duration
+	LeaderElectionRetryPeriod   time.Duration
+}
+
+// NewOptions returns the defaults.
+func NewOptions() *Options {
+	return &Options{
+		ListenAddress:               ":8443",
+		Namespace:                   "anchorage-hub",
+		JoinTokenTTL:                24 * time.Hour,
+		ReportLease:                 2 * time.Minute,
+		MaxBodyBytes:                federation.MaxBodyBytes,
+		LeaderElect:                 true,
+		KubeAPIQPS:                  200,
+		KubeAPIBurst:                400,
+		LeaderElectionLeaseDuration: 15 * time.Second,
+		LeaderElectionRenewDeadline: 10 * time.Second,
+		LeaderElectionRetryPeriod:   2 * time.Second,
+	}
+}
+
+// AddFlags registers the flags on fs.
+func (o *Options) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.ExternalURL, "external-url", o.ExternalURL, "The hub's URL as members and SPIFFE consumers reach it, e.g. https://hub.example.com (required). Member issuers are <external-url>/clusters/<name>; agent tokens carry it as audience.")
+	fs.StringVar(&o.ListenAddress, "listen-address", o.ListenAddress, "Address of the HTTPS server (documents, agent API, /healthz, /readyz, /metrics).")
+	fs.StringVar(&o.TLSCertFile, "tls-cert-file", o.TLSCertFile, "Serving certificate (PEM). Without it the hub makes a self-signed one for development and writes its CA to --dev-ca-file.")
+	fs.StringVar(&o.TLSKeyFile, "tls-key-file", o.TLSKeyFile, "Serving key (PEM) for --tls-cert-file.")
+	fs.StringVar(&o.DevCAFile, "dev-ca-file", o.DevCAFile, "Where to write the CA of the self-signed development certificate, for agents' --hub-ca-file and curl --cacert. Default: anchorage-hub-ca.pem in the temporary folder.")
+	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "Namespace of the join token Secrets and the leader-election Lease.")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig of the hub cluster. Default: in-cluster config, then $KUBECONFIG.")
+	fs.DurationVar(&o.JoinTokenTTL, "join-token-ttl", o.JoinTokenTTL, "How long a member's single-use join token is valid.")
+	fs.DurationVar(&o.ReportLease, "report-lease", o.ReportLease, "A member that has not reported for this long is Ready=False (its documents stay served).")
+	fs.Int64Var(&o.MaxBodyBytes, "max-body-bytes", o.MaxBodyBytes, "Largest agent API request body accepted.")
+	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "Elect a leader among hub replicas for writes; every replica serves reads.")
+	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "Client-side rate limit for the hub cluster's apiserver.")
+	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", o.KubeAPIBurst, "Client-side burst for the hub cluster's apiserver.")
+	fs.DurationVar(&o.LeaderElectionLeaseDuration, "leader-elect-lease-duration", o.LeaderElectionLeaseDuration, "How long followers wait before taking over an expired lease.")
+	fs.DurationVar(&o.LeaderElectionRenewDeadline, "leader-elect-renew-deadline", o.LeaderElectionRenewDeadline, "How long the leader retries renewing before giving up.")
+	fs.DurationVar(&o.LeaderElectionRetryPeriod, "leader-elect-retry-period", o.LeaderElectionRetryPeriod, "How often candidates try to acquire or renew the lease.")
+}
+
+// Validate checks the options and says what to fix.
+func (o *Options) Validate() error {
+	var errs []error
+	if u, err := url.Parse(o.ExternalURL); err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		errs = append(errs, fmt.Errorf("--external-url %q must be an https URL without query, fragment or user info", o.ExternalURL))
+	}
+	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
+		errs = append(errs, errors.New("--tls-cert-file and --tls-key-file go together"))
+	}
+	if o.JoinTokenTTL <= 0 || o.ReportLease <= 0 || o.MaxBodyBytes <= 0 {
+		errs = append(errs, errors.New("--join-token-ttl, --report-lease and --max-body-bytes must be positive"))
+	}
+	return errors.Join(errs...)
+}

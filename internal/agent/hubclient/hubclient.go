@@ -1,0 +1,104 @@
+package hubclient
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/anchorage-dev/anchorage/pkg/federation"
+	"github.com/anchorage-dev/anchorage/pkg/signers"
+)
+
+// JoinTokenKey is the data key of the join token Secret.
+const JoinTokenKey = "token"
+
+// PoolSource hands out a signer's current CA pool.
+type PoolSource interface {
+	Pool(signer string) (*signers.Pool, error)
+}
+
+// Reporter joins and reports. It runs on the leader only.
+type Reporter struct {
+	Hub *federation.Client
+	// Reader reads the join token Secret.
+	Reader client.Reader
+	// JoinSecret names the Secret holding the join token.
+	JoinSecret client.ObjectKey
+	// REST reaches the cluster's own apiserver, for /openid/v1/jwks.
+	REST     rest.Interface
+	Pools    PoolSource
+	Interval time.Duration
+	Version  string
+	Log      logr.Logger
+	// Reported is called after every successful report (tests, metrics).
+	Reported func()
+}
+
+// NeedLeaderElection: one replica speaks for the cluster.
+func (r *Reporter) NeedLeaderElection() bool { return true }
+
+// Start reports every Interval until ctx ends; failures back off (with
+// jitter, capped at Interval) and are logged, never fatal.
+func (r *Reporter) Start(ctx context.Context) error {
+	backoff := wait.Backoff{Duration: time.Second, Factor: 2, Jitter: 0.2, Steps: 1 << 30, Cap: r.Interval}
+	for {
+		next := r.Interval
+		if err := r.once(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			next = backoff.Step()
+			r.Log.Error(err, "reporting to the hub failed; signing is unaffected, retrying", "in", next.Round(time.Millisecond))
+		} else {
+			backoff.Duration, backoff.Steps = time.Second, 1<<30 // healthy again
+			if r.Reported != nil {
+				r.Reported()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(next):
+		}
+	}
+}
+
+// once sends one report, joining first when the hub says the cluster has
+// not joined.
+func (r *Reporter) once(ctx context.Context) error {
+	jwks, err := r.REST.Get().AbsPath("/openid/v1/jwks").DoRaw(ctx)
+	if err != nil {
+		return fmt.Errorf("reading this cluster's /openid/v1/jwks: %w", err)
+	}
+	rep := federation.Report{Anchors: map[string]string{}, JWKS: json.RawMessage(jwks), AgentVersion: r.Version}
+	for _, s := range signers.SignerNames() {
+		pool, err := r.Pools.Pool(s)
+		if err != nil {
+			return fmt.Errorf("the %s CA pool: %w", s, err)
+		}
+		rep.Anchors[s] = string(signers.EncodeCertificatesPEM(pool.Anchors(time.Now())))
+	}
+	err = r.Hub.Report(ctx, rep)
+	if !federation.IsStatus(err, http.StatusForbidden) {
+		return err
+	}
+	var secret corev1.Secret
+	if err := r.Reader.Get(ctx, r.JoinSecret, &secret); err != nil {
+		return fmt.Errorf("this cluster has not joined the hub, and its join token Secret %s cannot be read (copy the token from the hub's Secret anchorage-hub/join-<cluster>): %w", r.JoinSecret, err)
+	}
+	// 409: joined already (an earlier answer was lost, or the hub's cache
+	// lagged); the report below is the proof.
+	if err := r.Hub.Join(ctx, federation.JoinRequest{Token: string(secret.Data[JoinTokenKey]), JWKS: json.RawMessage(jwks)}); err != nil && !federation.IsStatus(err, http.StatusConflict) {
+		return fmt.Errorf("joining the hub: %w", err)
+	}
+	r.Log.Info("joined the hub", "hub", r.Hub.HubURL)
+	return r.Hub.Report(ctx, rep)
+}

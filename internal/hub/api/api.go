@@ -1,0 +1,315 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	hubv1 "github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1"
+	"github.com/anchorage-dev/anchorage/pkg/federation"
+	"github.com/anchorage-dev/anchorage/pkg/oidcbundle"
+	"github.com/anchorage-dev/anchorage/pkg/signers"
+)
+
+// Join token Secrets, one per MemberCluster not yet joined.
+const (
+	TokenKey             = "token"
+	ExpiresAtAnnotation  = "hub.anchorage.dev/expires-at"
+	ClusterLabel         = "hub.anchorage.dev/cluster"
+	FieldManager         = "anchorage-hub"
+	maxAnchorsPerSigner  = 16
+	bearerPrefix         = "Bearer "
+	reasonReporting      = hubv1.ReasonReporting
+	reasonJoined         = hubv1.ReasonJoined
+	messageJoined        = "the agent joined with its join token"
+	messageReportingFmt  = "the agent reported at %s"
+	joinTokenSecretNameF = "join-%s"
+)
+
+// JoinTokenSecretName is the Secret holding cluster's join token.
+func JoinTokenSecretName(cluster string) string { return fmt.Sprintf(joinTokenSecretNameF, cluster) }
+
+// Handler serves the agent API.
+type Handler struct {
+	// Client reads MemberClusters from the informer cache and writes status.
+	Client client.Client
+	// APIReader reads join token Secrets live: a token is single-use, a
+	// cached copy could still show one already spent.
+	APIReader client.Reader
+	// Store verifies agent tokens against each member's issuer and JWKS.
+	Store *oidcbundle.Store
+	// Namespace holds the join token Secrets.
+	Namespace    string
+	Clock        clock.PassiveClock
+	Log          logr.Logger
+	MaxBodyBytes int64
+}
+
+// Routes mounts the agent API on r.
+func (h *Handler) Routes(r chi.Router) {
+	r.Route(federation.APIPrefix+"{cluster}", func(r chi.Router) {
+		r.Post("/"+federation.JoinPath, h.join)
+		r.Put("/"+federation.ReportPath, h.report)
+		r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
+			writeError(w, http.StatusNotFound, "no such agent API call; the calls are POST join and PUT report")
+		})
+		r.MethodNotAllowed(func(w http.ResponseWriter, _ *http.Request) {
+			writeError(w, http.StatusMethodNotAllowed, "method not allowed: join is POST, report is PUT")
+		})
+	})
+}
+
+// join: the token must be the one in the cluster's join Secret and not
+// expired; the JWKS must parse. The member's status gets the JWKS and
+// Joined=True, then the Secret is deleted (single use). Once joined, every
+// join is refused with 409; an agent whose answer was lost sees 409 and
+// goes on to report.
+func (h *Handler) join(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	name := chi.URLParam(r, "cluster")
+	var req federation.JoinRequest
+	if !h.decode(w, r, &req) {
+		return
+	}
+	mc, ok := h.member(ctx, w, name)
+	if !ok {
+		return
+	}
+	jwks, err := canonicalJWKS(req.JWKS)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if meta.IsStatusConditionTrue(mc.Status.Conditions, hubv1.ConditionJoined) {
+		writeError(w, http.StatusConflict, fmt.Sprintf("cluster %q has already joined; its keys rotate through authenticated reports", name))
+		return
+	}
+	var secret corev1.Secret
+	err = h.APIReader.Get(ctx, client.ObjectKey{Namespace: h.Namespace, Name: JoinTokenSecretName(name)}, &secret)
+	if apierrors.IsNotFound(err) {
+		writeError(w, http.StatusUnauthorized, fmt.Sprintf("no join token is waiting for cluster %q: it was used, or the MemberCluster was just created; ask the hub operator for the token in Secret %s/%s", name, h.Namespace, JoinTokenSecretName(name)))
+		return
+	} else if err != nil {
+		h.unavailable(w, "reading the join token", err)
+		return
+	}
+	if subtle.ConstantTimeCompare(secret.Data[TokenKey], []byte(req.Token)) != 1 || req.Token == "" {
+		writeError(w, http.StatusUnauthorized, "wrong join token")
+		return
+	}
+	if exp, err := time.Parse(time.RFC3339, secret.Annotations[ExpiresAtAnnotation]); err != nil || !h.Clock.Now().Before(exp) {
+		writeError(w, http.StatusUnauthorized, fmt.Sprintf("the join token of cluster %q expired; delete Secret %s/%s and the hub makes a new one", name, h.Namespace, secret.Name))
+		return
+	}
+	if err := h.updateStatus(ctx, name, func(st *hubv1.MemberClusterStatus) {
+		st.JWKS = jwks
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: hubv1.ConditionJoined, Status: metav1.ConditionTrue, Reason: reasonJoined, Message: messageJoined})
+	}); err != nil {
+		h.unavailable(w, "recording the join", err)
+		return
+	}
+	// Spend the token. If this fails, Joined=True already refuses it for
+	// any other JWKS; the joins controller deletes it later.
+	if err := h.Client.Delete(ctx, &secret, client.Preconditions{UID: &secret.UID}); client.IgnoreNotFound(err) != nil {
+		h.Log.Error(err, "deleting a spent join token", "cluster", name)
+	}
+	h.Log.Info("member joined", "cluster", name)
+	writeJSON(w, http.StatusOK, map[string]string{"status": "joined"})
+}
+
+// report: authenticated with the agent's service-account token (go-oidc,
+// audience = hub URL, issuer and keys of the member named in the path).
+func (h *Handler) report(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	name := chi.URLParam(r, "cluster")
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), bearerPrefix)
+	if !ok || token == "" {
+		writeError(w, http.StatusUnauthorized, "missing Authorization: Bearer <service-account token with the hub URL as audience>")
+		return
+	}
+	var rep federation.Report
+	if !h.decode(w, r, &rep) {
+		return
+	}
+	mc, ok := h.member(ctx, w, name)
+	if !ok {
+		return
+	}
+	if !meta.IsStatusConditionTrue(mc.Status.Conditions, hubv1.ConditionJoined) {
+		writeError(w, http.StatusForbidden, fmt.Sprintf("cluster %q has not joined yet: join with its join token first", name))
+		return
+	}
+	if _, err := h.Store.VerifyAgentToken(ctx, name, token); err != nil {
+		status := http.StatusUnauthorized
+		if errors.Is(err, oidcbundle.ErrUnknownCluster) {
+			// Joined in the API but not yet in this replica's documents.
+			status = http.StatusServiceUnavailable
+		}
+		writeError(w, status, err.Error())
+		return
+	}
+	anchors, err := validateAnchors(rep.Anchors)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	jwks, err := canonicalJWKS(rep.JWKS)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	now := metav1.NewTime(h.Clock.Now())
+	if err := h.updateStatus(ctx, name, func(st *hubv1.MemberClusterStatus) {
+		if !slices.Equal(st.Anchors, anchors) {
+			st.Anchors = anchors
+			st.AnchorsSequence++
+		}
+		st.JWKS = jwks
+		st.AgentVersion = rep.AgentVersion
+		st.LastReportTime = &now
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: hubv1.ConditionReady, Status: metav1.ConditionTrue, Reason: reasonReporting,
+			Message: fmt.Sprintf(messageReportingFmt, now.UTC().Format(time.RFC3339))})
+	}); err != nil {
+		h.unavailable(w, "recording the report", err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// member returns the MemberCluster of the path, or answers 404.
+func (h *Handler) member(ctx context.Context, w http.ResponseWriter, name string) (*hubv1.MemberCluster, bool) {
+	if hubv1.ValidateClusterName(name) != nil {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("%q is not a cluster name", name))
+		return nil, false
+	}
+	var mc hubv1.MemberCluster
+	if err := h.Client.Get(ctx, client.ObjectKey{Name: name}, &mc); apierrors.IsNotFound(err) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("cluster %q is not a member of this hub: create its MemberCluster first", name))
+		return nil, false
+	} else if err != nil {
+		h.unavailable(w, "reading the MemberCluster", err)
+		return nil, false
+	}
+	return &mc, true
+}
+
+// updateStatus applies change to the member's latest status, retrying
+// conflicts, and writes nothing when nothing changed.
+func (h *Handler) updateStatus(ctx context.Context, name string, change func(*hubv1.MemberClusterStatus)) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var mc hubv1.MemberCluster
+		if err := h.APIReader.Get(ctx, client.ObjectKey{Name: name}, &mc); err != nil {
+			return err
+		}
+		before := mc.Status.DeepCopy()
+		change(&mc.Status)
+		mc.Status.ObservedGeneration = mc.Generation
+		if equalStatus(before, &mc.Status) {
+			return nil
+		}
+		return h.Client.Status().Update(ctx, &mc, client.FieldOwner(FieldManager))
+	})
+}
+
+func equalStatus(a, b *hubv1.MemberClusterStatus) bool {
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return bytes.Equal(ja, jb)
+}
+
+// decode reads a size-limited JSON body with no unknown fields.
+func (h *Handler) decode(w http.ResponseWriter, r *http.Request, into any) bool {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		writeError(w, http.StatusUnsupportedMediaType, "the body must be application/json")
+		return false
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, h.MaxBodyBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(into); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", h.MaxBodyBytes))
+			return false
+		}
+		writeError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func (h *Handler) unavailable(w http.ResponseWriter, what string, err error) {
+	h.Log.Error(err, what)
+	writeError(w, http.StatusServiceUnavailable, what+" failed on the hub; retry")
+}
+
+// canonicalJWKS validates a JWKS and returns its canonical form.
+func canonicalJWKS(raw json.RawMessage) (string, error) {
+	if len(raw) == 0 {
+		return "", errors.New("jwks is required: the cluster's /openid/v1/jwks")
+	}
+	set, err := oidcbundle.ParseJWKS(raw)
+	if err != nil {
+		return "", fmt.Errorf("jwks: %w", err)
+	}
+	out, err := json.Marshal(set)
+	if err != nil {
+		return "", err
+	}
+	return string(out), nil
+}
+
+// validateAnchors checks every signer's PEM is CA certificates only, and
+// returns them in the status's stable order.
+func validateAnchors(in map[string]string) ([]hubv1.SignerAnchors, error) {
+	out := make([]hubv1.SignerAnchors, 0, len(in))
+	for _, signer := range slices.Sorted(maps.Keys(in)) {
+		if !slices.Contains(signers.SignerNames(), signer) {
+			return nil, fmt.Errorf("anchors: unknown signer %q (known: %s)", signer, strings.Join(signers.SignerNames(), ", "))
+		}
+		certs, err := signers.ParseCertificatesPEM([]byte(in[signer]))
+		if err != nil {
+			return nil, fmt.Errorf("anchors of %s: %w", signer, err)
+		}
+		if len(certs) > maxAnchorsPerSigner {
+			return nil, fmt.Errorf("anchors of %s: %d certificates, at most %d", signer, len(certs), maxAnchorsPerSigner)
+		}
+		for _, c := range certs {
+			if !c.IsCA || !c.BasicConstraintsValid {
+				return nil, fmt.Errorf("anchors of %s: %q is not a CA certificate", signer, c.Subject)
+			}
+		}
+		out = append(out, hubv1.SignerAnchors{Signer: signer, PEM: string(signers.EncodeCertificatesPEM(certs))})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Signer < out[j].Signer })
+	return out, nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, federation.Error{Error: msg})
+}

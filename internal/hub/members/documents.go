@@ -1,0 +1,162 @@
+package members
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	hubv1 "github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1"
+	"github.com/anchorage-dev/anchorage/pkg/oidcbundle"
+	"github.com/anchorage-dev/anchorage/pkg/signers"
+)
+
+// Documents rebuilds the served documents from the informer cache on every
+// change of a MemberCluster or TrustDomain. It runs on every replica (each
+// serves reads), never writes to the API, and never touches the API on a
+// request.
+type Documents struct {
+	Reader client.Reader
+	Store  *oidcbundle.Store
+	// Ready is closed after the first build, for the readiness probe.
+	Ready chan struct{}
+	built bool
+	// served remembers what is in the Store, to drop what disappeared.
+	members, domains map[string]bool
+}
+
+// SetupWithManager re-builds on any member or trust-domain change.
+func (d *Documents) SetupWithManager(mgr ctrl.Manager) error {
+	all := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		return []reconcile.Request{{}}
+	})
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("hub-documents").
+		// Every replica serves reads, so every replica builds.
+		WithOptions(controller.Options{NeedLeaderElection: ptr.To(false)}).
+		Watches(&hubv1.MemberCluster{}, all).
+		Watches(&hubv1.TrustDomain{}, all).
+		Complete(d)
+}
+
+// Reconcile rebuilds everything: the sets are small and a rebuild of one
+// member costs microseconds; the Store serves the old documents until the
+// new ones are in.
+func (d *Documents) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
+	log := logr.FromContextOrDiscard(ctx)
+	var mcs hubv1.MemberClusterList
+	if err := d.Reader.List(ctx, &mcs); err != nil {
+		return reconcile.Result{}, err
+	}
+	var tds hubv1.TrustDomainList
+	if err := d.Reader.List(ctx, &tds); err != nil {
+		return reconcile.Result{}, err
+	}
+	members, domains := map[string]bool{}, map[string]bool{}
+	byTD := map[string]*oidcbundle.TrustDomainBundle{}
+	for i := range mcs.Items {
+		mc := &mcs.Items[i]
+		if !meta.IsStatusConditionTrue(mc.Status.Conditions, hubv1.ConditionJoined) {
+			continue
+		}
+		saNS, saName, err := mc.Spec.AgentServiceAccountRef()
+		if err != nil {
+			log.Error(err, "skipping a member with an invalid agentServiceAccount", "cluster", mc.Name)
+			continue
+		}
+		m := oidcbundle.Member{
+			Name:                mc.Name,
+			Issuer:              mc.Spec.Issuer,
+			TrustDomain:         mc.Spec.TrustDomain,
+			JWKS:                []byte(mc.Status.JWKS),
+			Anchors:             map[string][]*x509.Certificate{},
+			AgentServiceAccount: saNS + "/" + saName,
+			SPIFFESequence:      uint64(mc.Status.AnchorsSequence),
+		}
+		for _, a := range mc.Status.Anchors {
+			certs, err := signers.ParseCertificatesPEM([]byte(a.PEM))
+			if err != nil {
+				log.Error(err, "skipping unparsable anchors in status", "cluster", mc.Name, "signer", a.Signer)
+				continue
+			}
+			m.Anchors[a.Signer] = certs
+		}
+		if err := d.Store.SetMember(m); err != nil {
+			// The old documents stay served; the status is fixed by the
+			// next report.
+			log.Error(err, "cannot serve member documents", "cluster", mc.Name)
+			continue
+		}
+		members[mc.Name] = true
+		if spiffe := m.Anchors[signers.SPIFFESignerName]; len(spiffe) > 0 {
+			b := byTD[mc.Spec.TrustDomain]
+			if b == nil {
+				b = &oidcbundle.TrustDomainBundle{TrustDomain: mc.Spec.TrustDomain}
+				byTD[mc.Spec.TrustDomain] = b
+			}
+			b.Anchors = append(b.Anchors, spiffe...)
+			b.Sequence += uint64(mc.Status.AnchorsSequence)
+		}
+	}
+	for i := range tds.Items {
+		td := &tds.Items[i]
+		if td.Status.Bundle == "" || byTD[td.Spec.TrustDomain] != nil {
+			continue // nothing fetched yet, or a member trust domain (members win)
+		}
+		anchors, seq, hint, err := parseSPIFFEBundle(td.Spec.TrustDomain, td.Status.Bundle)
+		if err != nil {
+			log.Error(err, "skipping an unparsable fetched bundle", "trustDomain", td.Spec.TrustDomain)
+			continue
+		}
+		byTD[td.Spec.TrustDomain] = &oidcbundle.TrustDomainBundle{TrustDomain: td.Spec.TrustDomain, Anchors: anchors, Sequence: seq, RefreshHint: hint}
+	}
+	for name, b := range byTD {
+		if err := d.Store.SetTrustDomain(*b); err != nil {
+			log.Error(err, "cannot serve trust domain bundle", "trustDomain", name)
+			continue
+		}
+		domains[name] = true
+	}
+	for name := range d.members {
+		if !members[name] {
+			d.Store.DeleteMember(name)
+		}
+	}
+	for name := range d.domains {
+		if !domains[name] {
+			d.Store.DeleteTrustDomain(name)
+		}
+	}
+	d.members, d.domains = members, domains
+	if !d.built {
+		d.built = true
+		close(d.Ready)
+	}
+	return reconcile.Result{}, nil
+}
+
+// parseSPIFFEBundle reads a bundle fetched from an external endpoint.
+func parseSPIFFEBundle(trustDomain, doc string) ([]*x509.Certificate, uint64, time.Duration, error) {
+	td, err := spiffeid.TrustDomainFromString(trustDomain)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	b, err := spiffebundle.Parse(td, []byte(doc))
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("bundle of %s: %w", trustDomain, err)
+	}
+	seq, _ := b.SequenceNumber()
+	hint, _ := b.RefreshHint()
+	return b.X509Authorities(), seq, hint, nil
+}

@@ -1,0 +1,143 @@
+package members
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+
+	"github.com/anchorage-dev/anchorage/internal/hub/api"
+	hubv1 "github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1"
+)
+
+// StatusReconciler keeps a MemberCluster's join token and its Joined and
+// Ready conditions.
+type StatusReconciler struct {
+	Client    client.Client
+	Namespace string
+	Clock     clock.PassiveClock
+	Recorder  events.EventRecorder
+	// TokenTTL is how long a join token is valid (DESIGN.md: 24h).
+	TokenTTL time.Duration
+	// ReportLease: a member that has not reported for this long is not
+	// Ready (like OCM's lease).
+	ReportLease time.Duration
+}
+
+// SetupWithManager watches MemberClusters and their join Secrets.
+func (r *StatusReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("membercluster-status").
+		For(&hubv1.MemberCluster{}).
+		Watches(&corev1.Secret{}, handler.EnqueueRequestForOwner(mgr.GetScheme(), mgr.GetRESTMapper(), &hubv1.MemberCluster{})).
+		Complete(r)
+}
+
+// Reconcile converges one member.
+func (r *StatusReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	var mc hubv1.MemberCluster
+	if err := r.Client.Get(ctx, req.NamespacedName, &mc); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	now := r.Clock.Now()
+	st := mc.Status.DeepCopy()
+	var requeue time.Duration
+
+	joined := meta.IsStatusConditionTrue(st.Conditions, hubv1.ConditionJoined)
+	secretKey := client.ObjectKey{Namespace: r.Namespace, Name: api.JoinTokenSecretName(mc.Name)}
+	var secret corev1.Secret
+	err := r.Client.Get(ctx, secretKey, &secret)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, fmt.Errorf("reading join token Secret: %w", err)
+	}
+	exists := err == nil
+	switch {
+	case joined && exists:
+		// Spent: the join handler deletes it; this catches a failed delete.
+		if err := r.Client.Delete(ctx, &secret); client.IgnoreNotFound(err) != nil {
+			return ctrl.Result{}, fmt.Errorf("deleting the spent join token: %w", err)
+		}
+	case !joined && !exists:
+		if err := r.createToken(ctx, &mc, now); err != nil {
+			r.Recorder.Eventf(&mc, nil, corev1.EventTypeWarning, "JoinTokenFailed", "CreateJoinToken", "creating the join token: %v", err)
+			return ctrl.Result{}, err
+		}
+		r.Recorder.Eventf(&mc, nil, corev1.EventTypeNormal, "JoinTokenCreated", "CreateJoinToken", "join token for the agent in Secret %s (expires in %s)", secretKey, r.TokenTTL)
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: hubv1.ConditionJoined, Status: metav1.ConditionFalse, Reason: hubv1.ReasonAwaitingJoin,
+			Message: fmt.Sprintf("waiting for the agent to join with the token in Secret %s", secretKey)})
+		requeue = r.TokenTTL
+	case !joined && exists:
+		exp, perr := time.Parse(time.RFC3339, secret.Annotations[api.ExpiresAtAnnotation])
+		if perr != nil || !now.Before(exp) {
+			meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: hubv1.ConditionJoined, Status: metav1.ConditionFalse, Reason: hubv1.ReasonJoinTokenExpired,
+				Message: fmt.Sprintf("the join token in Secret %s expired; delete the Secret for a new one", secretKey)})
+		} else {
+			meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: hubv1.ConditionJoined, Status: metav1.ConditionFalse, Reason: hubv1.ReasonAwaitingJoin,
+				Message: fmt.Sprintf("waiting for the agent to join with the token in Secret %s", secretKey)})
+			requeue = exp.Sub(now) + time.Second
+		}
+	}
+
+	switch {
+	case !joined:
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: hubv1.ConditionReady, Status: metav1.ConditionFalse, Reason: hubv1.ReasonNotJoined, Message: "the agent has not joined"})
+	case st.LastReportTime == nil:
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: hubv1.ConditionReady, Status: metav1.ConditionFalse, Reason: hubv1.ReasonReportStale, Message: "joined; waiting for the agent's first report"})
+	default:
+		if stale := st.LastReportTime.Add(r.ReportLease); !now.Before(stale) {
+			if meta.IsStatusConditionTrue(st.Conditions, hubv1.ConditionReady) {
+				r.Recorder.Eventf(&mc, nil, corev1.EventTypeWarning, hubv1.ReasonReportStale, "CheckLease", "no report from the agent since %s", st.LastReportTime.UTC().Format(time.RFC3339))
+			}
+			meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: hubv1.ConditionReady, Status: metav1.ConditionFalse, Reason: hubv1.ReasonReportStale,
+				Message: fmt.Sprintf("no report from the agent since %s (lease %s); its bundles stay served", st.LastReportTime.UTC().Format(time.RFC3339), r.ReportLease)})
+		} else if requeue == 0 || stale.Sub(now) < requeue {
+			requeue = stale.Sub(now) + time.Second
+		}
+	}
+	st.ObservedGeneration = mc.Generation
+	if !equality.Semantic.DeepEqual(st, &mc.Status) {
+		mc.Status = *st
+		if err := r.Client.Status().Update(ctx, &mc, client.FieldOwner(api.FieldManager)); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+	}
+	return ctrl.Result{RequeueAfter: requeue}, nil
+}
+
+func (r *StatusReconciler) createToken(ctx context.Context, mc *hubv1.MemberCluster, now time.Time) error {
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return err
+	}
+	s := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace:   r.Namespace,
+			Name:        api.JoinTokenSecretName(mc.Name),
+			Labels:      map[string]string{api.ClusterLabel: mc.Name},
+			Annotations: map[string]string{api.ExpiresAtAnnotation: now.Add(r.TokenTTL).UTC().Format(time.RFC3339)},
+		},
+		Type: "hub.anchorage.dev/join-token",
+		Data: map[string][]byte{api.TokenKey: []byte(base64.RawURLEncoding.EncodeToString(raw))},
+	}
+	// Deleting the MemberCluster deletes its token.
+	if err := controllerutil.SetControllerReference(mc, s, r.Client.Scheme()); err != nil {
+		return err
+	}
+	if err := r.Client.Create(ctx, s, client.FieldOwner(api.FieldManager)); client.IgnoreAlreadyExists(err) != nil {
+		return fmt.Errorf("creating Secret %s/%s: %w", s.Namespace, s.Name, err)
+	}
+	return nil
+}
