@@ -43,6 +43,7 @@ import (
 
 	"github.com/anchorage-dev/anchorage/internal/hub/api"
 	"github.com/anchorage-dev/anchorage/internal/hub/members"
+	"github.com/anchorage-dev/anchorage/internal/hub/trustdomains"
 	hubv1 "github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1"
 	"github.com/anchorage-dev/anchorage/pkg/oidcbundle"
 )
@@ -124,6 +125,9 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) 
 	}
 	if err := status.SetupWithManager(mgr); err != nil {
 		return nil, err
+	}
+	if err := (&trustdomains.Reconciler{Metrics: trustdomains.NewMetrics(registry)}).SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the TrustDomain poller: %w", err)
 	}
 	docs := &members.Documents{Reader: mgr.GetCache(), Store: store, Ready: make(chan struct{})}
 	if err := docs.SetupWithManager(mgr); err != nil {

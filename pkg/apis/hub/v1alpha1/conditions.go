@@ -38,9 +38,10 @@ const (
 const (
 	// ReasonBundleFetched: Ready=True; the last fetch returned a good bundle.
 	ReasonBundleFetched = "BundleFetched"
-	// ReasonFetchFailed: the last fetch failed (status.lastFetchError says
-	// why). Fail-static: the hub keeps using status.bundle, the last good one,
-	// so this is Ready=False only while there is none.
+	// ReasonFetchFailed: Ready=False; the last fetch failed
+	// (status.lastFetchError says why). Fail-static: the hub keeps serving
+	// and pushing status.bundle, the last good one; Ready=False makes the
+	// failure visible without dropping trust.
 	ReasonFetchFailed = "FetchFailed"
 	// ReasonInvalidBundle: the endpoint (or spec.bootstrapBundle) returned a
 	// bundle that does not parse or is not for spec.trustDomain.

@@ -126,7 +126,9 @@ type TrustDomainStatus struct {
 	// +optional
 	RefreshHint int64 `json:"refreshHint,omitempty"`
 
-	// lastFetchTime is when the hub last fetched the bundle, successfully or not.
+	// lastFetchTime is the time of the last fetch that changed this status:
+	// a new bundle, a first failure, or a recovery. Polls that return the
+	// same bundle write nothing.
 	//
 	// +optional
 	LastFetchTime *metav1.Time `json:"lastFetchTime,omitempty"`

@@ -1,0 +1,480 @@
+// Command wellknown measures the hub's well-known endpoint: requests/s and
+// p50/p99 latency of GET <issuer>/.well-known/spiffe-bundle served by
+// pkg/oidcbundle's Store (pre-serialised body, strong ETag) on a chi router,
+// beside go-spiffe's federation.NewHandler serving the same SPIFFE bundle
+// (same anchor, sequence and refresh hint) on another loopback server in the
+// same process and the same run.
+//
+// One member is built with realistic anchors: a SPIFFE CA and a service-dns
+// CA from pkg/signers, and a JWKS of one RSA-2048 and one ECDSA P-256 public
+// key with kube-apiserver-style kids. Scenarios:
+//
+//  1. hub GET, 200 with the body;
+//  2. hub GET with If-None-Match of the current ETag, 304;
+//  3. go-spiffe handler GET, 200 with the body (it marshals per request).
+//
+// The load generator runs in-process: -clients goroutines, each with its own
+// keep-alive http.Transport (one connection), looping GET for -duration and
+// recording every latency into a slice allocated once; bodies are read in
+// full and discarded. Each measurement follows a 1 s warm-up on fresh
+// connections. Within each run the scenarios alternate (the order rotates
+// from run to run); medians over -runs of the throughput, of p50/p99 and of
+// the process's CPU time per request (getrusage: clients and servers
+// together, less sensitive than throughput to a noisy, shared machine) are
+// printed, then the cost of the handlers alone (testing.Benchmark, no
+// network). Both servers speak plain HTTP/1.1 on 127.0.0.1, so the comparison
+// is of the handlers, not of TLS; -tls serves both over TLS (HTTP/1.1)
+// instead. Clients and servers share the machine's cores.
+//
+//	go run ./wellknown [-clients 64] [-duration 5s] [-runs 5] [-tls]
+package main
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-jose/go-jose/v4"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/federation"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/anchorage-dev/anchorage/hack/bench/internal/benchutil"
+	"github.com/anchorage-dev/anchorage/pkg/oidcbundle"
+	"github.com/anchorage-dev/anchorage/pkg/signers"
+)
+
+const (
+	warmup      = time.Second
+	cluster     = "east"
+	trustDomain = "east.example"
+	sequence    = 7
+	refreshHint = 5 * time.Minute
+)
+
+func main() {
+	clients := flag.Int("clients", 64, "concurrent clients, each with its own keep-alive connection")
+	duration := flag.Duration("duration", 5*time.Second, "measured time per scenario and run (after a 1 s warm-up)")
+	runs := flag.Int("runs", 5, "repetitions; medians are printed")
+	useTLS := flag.Bool("tls", false, "serve both contenders over TLS (HTTP/1.1) instead of plain HTTP/1.1")
+	flag.Parse()
+	if err := run(*clients, *duration, *runs, *useTLS); err != nil {
+		fmt.Fprintln(os.Stderr, "wellknown:", err)
+		os.Exit(1)
+	}
+}
+
+// scenario is one contender's request.
+type scenario struct {
+	name        string
+	url         string
+	ifNoneMatch string // empty: none
+	want        int    // status code every response must have
+	tls         *tls.Config
+}
+
+// result of one measurement.
+type result struct {
+	rps, p50, p99 float64 // requests/s; latencies in µs
+	cpu           float64 // process CPU (clients and server) per request, µs
+}
+
+func run(clients int, duration time.Duration, runs int, useTLS bool) error {
+	if clients < 1 || runs < 1 || duration <= 0 {
+		return errors.New("-clients, -runs and -duration must be positive")
+	}
+	// Listeners first: the hub's URL is part of its documents.
+	hubSrv := httptest.NewUnstartedServer(nil)
+	spiffeSrv := httptest.NewUnstartedServer(nil)
+	scheme := "http"
+	if useTLS {
+		scheme = "https"
+	}
+	hubURL := scheme + "://" + hubSrv.Listener.Addr().String()
+
+	benchutil.Progress("building the member's documents")
+	store, err := oidcbundle.NewStore(oidcbundle.Options{HubURL: hubURL})
+	if err != nil {
+		return err
+	}
+	issuer := store.Issuer(cluster)
+	spiffeCA, err := signers.NewCA(signers.Env{}, signers.SPIFFECAProfile(cluster, trustDomain, issuer), nil)
+	if err != nil {
+		return err
+	}
+	dnsCA, err := signers.NewCA(signers.Env{}, signers.ServiceDNSCAProfile(cluster, "cluster.local", issuer), nil)
+	if err != nil {
+		return err
+	}
+	jwks, err := apiserverJWKS()
+	if err != nil {
+		return err
+	}
+	if err := store.SetMember(oidcbundle.Member{
+		Name:        cluster,
+		TrustDomain: trustDomain,
+		JWKS:        jwks,
+		Anchors: map[string][]*x509.Certificate{
+			signers.SPIFFESignerName:     {spiffeCA.Anchor()},
+			signers.ServiceDNSSignerName: {dnsCA.Anchor()},
+		},
+		SPIFFESequence:    sequence,
+		SPIFFERefreshHint: refreshHint,
+	}); err != nil {
+		return err
+	}
+	r := chi.NewRouter()
+	store.Routes(r)
+	hubSrv.Config.Handler = r
+
+	td := spiffeid.RequireTrustDomainFromString(trustDomain)
+	bundle := spiffebundle.New(td)
+	bundle.SetX509Authorities([]*x509.Certificate{spiffeCA.Anchor()})
+	bundle.SetSequenceNumber(sequence)
+	bundle.SetRefreshHint(refreshHint)
+	h, err := federation.NewHandler(td, bundle)
+	if err != nil {
+		return err
+	}
+	spiffeSrv.Config.Handler = h
+
+	// Connections opened, to check that every client keeps its one
+	// connection alive through a measurement.
+	var conns atomic.Int64
+	for _, s := range []*httptest.Server{hubSrv, spiffeSrv} {
+		s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+			if st == http.StateNew {
+				conns.Add(1)
+			}
+		}
+		if useTLS {
+			s.StartTLS() // HTTP/1.1 only unless EnableHTTP2 is set
+		} else {
+			s.Start()
+		}
+		defer s.Close()
+	}
+	var hubTLS, spiffeTLS *tls.Config
+	if useTLS {
+		hubTLS = hubSrv.Client().Transport.(*http.Transport).TLSClientConfig
+		spiffeTLS = spiffeSrv.Client().Transport.(*http.Transport).TLSClientConfig
+	}
+
+	hubBundleURL := issuer + oidcbundle.SPIFFEBundlePath
+	spiffeURL := spiffeSrv.URL + "/"
+	etag, size, err := checkSameBundle(hubBundleURL, hubTLS, spiffeURL, spiffeTLS, td)
+	if err != nil {
+		return err
+	}
+	scenarios := []scenario{
+		{name: "hub GET " + oidcbundle.SPIFFEBundlePath + " (200)", url: hubBundleURL, want: http.StatusOK, tls: hubTLS},
+		{name: "hub GET with If-None-Match (304)", url: hubBundleURL, ifNoneMatch: etag, want: http.StatusNotModified, tls: hubTLS},
+		{name: "go-spiffe federation.NewHandler GET (200)", url: spiffeURL, want: http.StatusOK, tls: spiffeTLS},
+	}
+
+	// Latency slices, allocated once and reused by every measurement.
+	lat := make([][]time.Duration, clients)
+	for i := range lat {
+		lat[i] = make([]time.Duration, 0, 1<<16)
+	}
+	all := make([]time.Duration, 0, clients<<16)
+
+	results := make([][]result, len(scenarios))
+	for run := range runs {
+		for k := range scenarios {
+			i := (run + k) % len(scenarios)
+			s := scenarios[i]
+			benchutil.Progress("run %d/%d: %s (%v warm-up, %v measured)", run+1, runs, s.name, warmup, duration)
+			before := conns.Load()
+			res, err := measure(s, clients, duration, lat, &all)
+			if err != nil {
+				return fmt.Errorf("%s: %w", s.name, err)
+			}
+			if opened := conns.Load() - before; opened != int64(clients) {
+				benchutil.Progress("  note: %d connections opened for %d clients", opened, clients)
+			}
+			benchutil.Progress("  %.0f req/s, p50 %.0f µs, p99 %.0f µs, %.1f µs CPU/request", res.rps, res.p50, res.p99, res.cpu)
+			results[i] = append(results[i], res)
+		}
+	}
+
+	transport := "plain HTTP/1.1 keep-alive (no TLS: the handlers are compared, not TLS)"
+	if useTLS {
+		transport = "HTTPS (TLS 1.3, HTTP/1.1) keep-alive"
+	}
+	fmt.Printf("SPIFFE bundle of %d bytes (one anchor); %s on 127.0.0.1; %d clients, one connection each; "+
+		"%d runs × %v per scenario after a %v warm-up, scenarios alternating; medians over runs.\n",
+		size, transport, clients, runs, duration, warmup)
+	fmt.Printf("Clients and both servers run in one process and share the machine's %d cores (GOMAXPROCS=%d), %s.\n\n",
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
+	fmt.Println("| scenario | requests/s | p50 | p99 | CPU/request (clients + server) | throughput vs go-spiffe | p99 vs go-spiffe | CPU/request vs go-spiffe |")
+	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	base := medians(results[len(results)-1])
+	for i, s := range scenarios {
+		m := medians(results[i])
+		ratio, p99ratio, cpuRatio := "—", "—", "—"
+		if i < len(scenarios)-1 {
+			ratio = fmt.Sprintf("%.2fx", m.rps/base.rps)
+			p99ratio = fmt.Sprintf("%.2fx", m.p99/base.p99)
+			cpuRatio = fmt.Sprintf("%.2fx", m.cpu/base.cpu)
+		}
+		fmt.Printf("| %s | %.0f | %.0f µs | %.0f µs | %.1f µs | %s | %s | %s |\n", s.name, m.rps, m.p50, m.p99, m.cpu, ratio, p99ratio, cpuRatio)
+	}
+
+	// The handlers alone, without sockets or clients: what the end-to-end
+	// figures above are made of on the server side.
+	benchutil.Progress("measuring the handlers alone (%d runs)", runs)
+	handlers := []http.Handler{r, r, h}
+	fmt.Println("\nThe same requests given straight to the handlers (hub: its chi router; go-spiffe: its handler), no network, one goroutine:")
+	fmt.Println()
+	fmt.Println("| scenario | ns/request | allocs/request | bytes allocated/request |")
+	fmt.Println("| --- | ---: | ---: | ---: |")
+	for i, s := range scenarios {
+		ns, allocs, bytes, err := handlerCost(handlers[i], s, runs)
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		fmt.Printf("| %s | %d | %d | %d |\n", s.name, ns, allocs, bytes)
+	}
+	return nil
+}
+
+// handlerCost is the median over runs of testing.Benchmark's cost of one
+// ServeHTTP call on a prepared request and a reused ResponseWriter.
+func handlerCost(h http.Handler, s scenario, runs int) (ns, allocs, bytes int64, err error) {
+	req := httptest.NewRequest(http.MethodGet, s.url, nil)
+	if s.ifNoneMatch != "" {
+		req.Header.Set("If-None-Match", s.ifNoneMatch)
+	}
+	w := &discardWriter{h: http.Header{}}
+	var nss, as, bs []float64
+	for range runs {
+		res := testing.Benchmark(func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				clear(w.h)
+				w.code = 0
+				h.ServeHTTP(w, req)
+				if w.code != s.want {
+					err = fmt.Errorf("status %d, want %d", w.code, s.want)
+					b.FailNow()
+				}
+			}
+		})
+		nss, as, bs = append(nss, float64(res.NsPerOp())), append(as, float64(res.AllocsPerOp())), append(bs, float64(res.AllocedBytesPerOp()))
+	}
+	return int64(benchutil.MedianFloat(nss)), int64(benchutil.MedianFloat(as)), int64(benchutil.MedianFloat(bs)), err
+}
+
+// discardWriter is a reusable http.ResponseWriter that keeps the status.
+type discardWriter struct {
+	h    http.Header
+	code int
+}
+
+func (w *discardWriter) Header() http.Header { return w.h }
+func (w *discardWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+}
+func (w *discardWriter) Write(p []byte) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	return len(p), nil
+}
+
+func medians(rs []result) result {
+	var rps, p50, p99, cpu []float64
+	for _, r := range rs {
+		rps, p50, p99, cpu = append(rps, r.rps), append(p50, r.p50), append(p99, r.p99), append(cpu, r.cpu)
+	}
+	return result{benchutil.MedianFloat(rps), benchutil.MedianFloat(p50), benchutil.MedianFloat(p99), benchutil.MedianFloat(cpu)}
+}
+
+// measure warms up on fresh connections for one second, then loads s for d.
+func measure(s scenario, clients int, d time.Duration, lat [][]time.Duration, all *[]time.Duration) (result, error) {
+	transports := make([]*http.Transport, clients)
+	for i := range transports {
+		transports[i] = &http.Transport{
+			MaxIdleConns:        1024,
+			MaxIdleConnsPerHost: 1024,
+			DisableCompression:  true,
+			TLSClientConfig:     s.tls,
+		}
+		defer transports[i].CloseIdleConnections()
+	}
+	if _, err := load(s, transports, warmup, lat); err != nil {
+		return result{}, err
+	}
+	cpu0 := cpuTime()
+	elapsed, err := load(s, transports, d, lat)
+	if err != nil {
+		return result{}, err
+	}
+	cpu := cpuTime() - cpu0
+	merged := (*all)[:0]
+	for _, l := range lat {
+		merged = append(merged, l...)
+	}
+	*all = merged
+	slices.Sort(merged)
+	n := len(merged)
+	if n == 0 {
+		return result{}, errors.New("no request completed")
+	}
+	q := func(p float64) float64 { return float64(merged[min(n-1, int(p*float64(n)))]) / 1e3 }
+	return result{rps: float64(n) / elapsed.Seconds(), p50: q(0.50), p99: q(0.99), cpu: float64(cpu) / 1e3 / float64(n)}, nil
+}
+
+// cpuTime is the user and system CPU time used by the process so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// load runs one goroutine per transport, each looping GET until d has
+// passed, and returns the wall time from start to the last response.
+func load(s scenario, transports []*http.Transport, d time.Duration, lat [][]time.Duration) (time.Duration, error) {
+	var wg sync.WaitGroup
+	errs := make([]error, len(transports))
+	start := time.Now()
+	deadline := start.Add(d)
+	for i, t := range transports {
+		lat[i] = lat[i][:0]
+		wg.Go(func() {
+			c := &http.Client{Transport: t}
+			req, err := http.NewRequest(http.MethodGet, s.url, nil)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			if s.ifNoneMatch != "" {
+				req.Header.Set("If-None-Match", s.ifNoneMatch)
+			}
+			l := lat[i]
+			for {
+				t0 := time.Now()
+				resp, err := c.Do(req)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				_, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				t1 := time.Now()
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				if resp.StatusCode != s.want {
+					errs[i] = fmt.Errorf("status %d, want %d", resp.StatusCode, s.want)
+					return
+				}
+				l = append(l, t1.Sub(t0))
+				if t1.After(deadline) {
+					break
+				}
+			}
+			lat[i] = l
+		})
+	}
+	wg.Wait()
+	return time.Since(start), errors.Join(errs...)
+}
+
+// checkSameBundle fetches both contenders' bundles, checks that they hold
+// the same bundle, and returns the hub's ETag and body size.
+func checkSameBundle(hubURL string, hubTLS *tls.Config, spiffeURL string, spiffeTLS *tls.Config, td spiffeid.TrustDomain) (string, int, error) {
+	get := func(url string, tc *tls.Config) (*http.Response, []byte, error) {
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
+		resp, err := c.Get(url)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("GET %s: status %d: %s", url, resp.StatusCode, body)
+		}
+		return resp, body, err
+	}
+	hubResp, hubBody, err := get(hubURL, hubTLS)
+	if err != nil {
+		return "", 0, err
+	}
+	_, spiffeBody, err := get(spiffeURL, spiffeTLS)
+	if err != nil {
+		return "", 0, err
+	}
+	a, err := spiffebundle.Parse(td, hubBody)
+	if err != nil {
+		return "", 0, fmt.Errorf("hub bundle: %w", err)
+	}
+	b, err := spiffebundle.Parse(td, spiffeBody)
+	if err != nil {
+		return "", 0, fmt.Errorf("go-spiffe bundle: %w", err)
+	}
+	if !a.Equal(b) {
+		return "", 0, errors.New("the hub and go-spiffe serve different bundles")
+	}
+	if !bytes.Equal(hubBody, spiffeBody) {
+		benchutil.Progress("note: same bundle, different bytes (%d vs %d)", len(hubBody), len(spiffeBody))
+	}
+	etag := hubResp.Header.Get("ETag")
+	if etag == "" {
+		return "", 0, errors.New("the hub sent no ETag")
+	}
+	return etag, len(hubBody), nil
+}
+
+// apiserverJWKS is a JWKS like a kube-apiserver's with two service-account
+// keys: RSA-2048 (RS256) and ECDSA P-256 (ES256), kid = base64url(SHA-256
+// of the PKIX public key), as kube-apiserver computes it.
+func apiserverJWKS() ([]byte, error) {
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, err
+	}
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	var set jose.JSONWebKeySet
+	for _, k := range []struct {
+		pub crypto.PublicKey
+		alg string
+	}{{&rsaKey.PublicKey, "RS256"}, {&ecKey.PublicKey, "ES256"}} {
+		der, err := x509.MarshalPKIXPublicKey(k.pub)
+		if err != nil {
+			return nil, err
+		}
+		sum := sha256.Sum256(der)
+		set.Keys = append(set.Keys, jose.JSONWebKey{Key: k.pub, KeyID: base64.RawURLEncoding.EncodeToString(sum[:]), Algorithm: k.alg, Use: "sig"})
+	}
+	return json.Marshal(set)
+}
