@@ -1,4 +1,5 @@
 // Package manifests loads the objects of a kustomize base under deploy/ so
 // that tests can apply exactly what users apply. It reads the files listed
-// in the kustomization's resources (bases here have no patches).
+// in the kustomization's resources, and the kustomizations of listed
+// folders (bases here have no patches).
 package manifests

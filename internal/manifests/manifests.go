@@ -30,6 +30,14 @@ func Load(dir string) ([]*unstructured.Unstructured, error) {
 	}
 	var out []*unstructured.Unstructured
 	for _, r := range k.Resources {
+		if fi, err := os.Stat(filepath.Join(dir, r)); err == nil && fi.IsDir() {
+			sub, err := Load(filepath.Join(dir, r))
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, sub...)
+			continue
+		}
 		data, err := os.ReadFile(filepath.Join(dir, r))
 		if err != nil {
 			return nil, fmt.Errorf("kustomization resource %s: %w", r, err)
