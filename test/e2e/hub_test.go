@@ -46,16 +46,18 @@ type hubEnv struct {
 	url    string
 	caFile string
 	https  *http.Client
+	mutate []func(*hubapp.Options)
 }
 
-// startHub runs a hub cluster and one hub replica on a loopback port.
-func startHub(t *testing.T, ctx context.Context) *hubEnv {
+// startHub runs a hub cluster and one hub replica on a loopback port;
+// mutate adjusts every replica's options.
+func startHub(t *testing.T, ctx context.Context, mutate ...func(*hubapp.Options)) *hubEnv {
 	t.Helper()
 	hubCl := localcluster.StartT(t, localcluster.Options{Name: "hub", CRDs: crds.All(), Scheme: hubapp.Scheme()})
 	if err := hubCl.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "anchorage-hub"}}); err != nil {
 		t.Fatal(err)
 	}
-	e := &hubEnv{t: t, ctx: ctx, hubCl: hubCl}
+	e := &hubEnv{t: t, ctx: ctx, hubCl: hubCl, mutate: mutate}
 	e.hub, e.url = e.startReplica("hub-0", "")
 	e.caFile = e.hub.CAFile
 	e.https = httpsClient(t, e.caFile)
@@ -88,6 +90,9 @@ func (e *hubEnv) startReplica(name, externalURL string) (*hubapp.Hub, string) {
 	opts.DevCAFile = filepath.Join(e.t.TempDir(), "hub-ca.pem")
 	opts.ReportLease = 20 * time.Second
 	opts.LeaderElectionLeaseDuration, opts.LeaderElectionRenewDeadline, opts.LeaderElectionRetryPeriod = 4*time.Second, 3*time.Second, 300*time.Millisecond
+	for _, m := range e.mutate {
+		m(opts)
+	}
 	ctx, cancel := context.WithCancel(ctrl.LoggerInto(e.ctx, testr.New(e.t).WithName(name)))
 	h, err := hubapp.New(ctx, opts, e.hubCl.Config, ln)
 	if err != nil {

@@ -126,7 +126,11 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) 
 	if err := status.SetupWithManager(mgr); err != nil {
 		return nil, err
 	}
-	if err := (&trustdomains.Reconciler{Metrics: trustdomains.NewMetrics(registry)}).SetupWithManager(mgr); err != nil {
+	roots, err := bundleEndpointRoots(opts.BundleEndpointCAFile)
+	if err != nil {
+		return nil, err
+	}
+	if err := (&trustdomains.Reconciler{Metrics: trustdomains.NewMetrics(registry), RootCAs: roots}).SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the TrustDomain poller: %w", err)
 	}
 	docs := &members.Documents{Reader: mgr.GetCache(), Store: store, Ready: make(chan struct{})}
@@ -212,6 +216,26 @@ func serveRunnable(h *Hub, log logr.Logger) manager.Runnable {
 		}
 		return nil
 	})
+}
+
+// bundleEndpointRoots: the system roots plus the operator's extra CAs; nil
+// (the system roots) without a file.
+func bundleEndpointRoots(file string) (*x509.CertPool, error) {
+	if file == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("reading --bundle-endpoint-ca-file: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("--bundle-endpoint-ca-file %s holds no PEM certificate", file)
+	}
+	return pool, nil
 }
 
 // serving returns the TLS config: the operator's certificate, or a

@@ -13,19 +13,20 @@ import (
 
 // Options are the hub's flags.
 type Options struct {
-	ExternalURL   string
-	ListenAddress string
-	TLSCertFile   string
-	TLSKeyFile    string
-	DevCAFile     string
-	Namespace     string
-	Kubeconfig    string
-	JoinTokenTTL  time.Duration
-	ReportLease   time.Duration
-	MaxBodyBytes  int64
-	LeaderElect   bool
-	KubeAPIQPS    float32
-	KubeAPIBurst  int
+	ExternalURL          string
+	ListenAddress        string
+	TLSCertFile          string
+	TLSKeyFile           string
+	DevCAFile            string
+	BundleEndpointCAFile string
+	Namespace            string
+	Kubeconfig           string
+	JoinTokenTTL         time.Duration
+	ReportLease          time.Duration
+	MaxBodyBytes         int64
+	LeaderElect          bool
+	KubeAPIQPS           float32
+	KubeAPIBurst         int
 
 	LeaderElectionLeaseDuration time.Duration
 	LeaderElectionRenewDeadline time.Duration
@@ -56,6 +57,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.TLSCertFile, "tls-cert-file", o.TLSCertFile, "Serving certificate (PEM). Without it the hub makes a self-signed one for development and writes its CA to --dev-ca-file.")
 	fs.StringVar(&o.TLSKeyFile, "tls-key-file", o.TLSKeyFile, "Serving key (PEM) for --tls-cert-file.")
 	fs.StringVar(&o.DevCAFile, "dev-ca-file", o.DevCAFile, "Where to write the CA of the self-signed development certificate, for agents' --hub-ca-file and curl --cacert. Default: anchorage-hub-ca.pem in the temporary folder.")
+	fs.StringVar(&o.BundleEndpointCAFile, "bundle-endpoint-ca-file", o.BundleEndpointCAFile, "Extra CA certificates (PEM), beside the system roots, to trust for https_web bundle endpoints of TrustDomains on a private PKI.")
 	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "Namespace of the join token Secrets and the leader-election Lease.")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig of the hub cluster. Default: in-cluster config, then $KUBECONFIG.")
 	fs.DurationVar(&o.JoinTokenTTL, "join-token-ttl", o.JoinTokenTTL, "How long a member's single-use join token is valid.")
