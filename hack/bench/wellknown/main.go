@@ -49,8 +49,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -81,8 +84,9 @@ func main() {
 	duration := flag.Duration("duration", 5*time.Second, "measured time per scenario and run (after a 1 s warm-up)")
 	runs := flag.Int("runs", 5, "repetitions; medians are printed")
 	useTLS := flag.Bool("tls", false, "serve both contenders over TLS (HTTP/1.1) instead of plain HTTP/1.1")
+	loadGen := flag.String("load", "go", `load generator: "go" (in-process clients) or "wrk" (the wrk command, a separate C process that costs far less CPU per request, so the servers' cost shows)`)
 	flag.Parse()
-	if err := run(*clients, *duration, *runs, *useTLS); err != nil {
+	if err := run(*clients, *duration, *runs, *useTLS, *loadGen); err != nil {
 		fmt.Fprintln(os.Stderr, "wellknown:", err)
 		os.Exit(1)
 	}
@@ -103,9 +107,17 @@ type result struct {
 	cpu           float64 // process CPU (clients and server) per request, µs
 }
 
-func run(clients int, duration time.Duration, runs int, useTLS bool) error {
+func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen string) error {
 	if clients < 1 || runs < 1 || duration <= 0 {
 		return errors.New("-clients, -runs and -duration must be positive")
+	}
+	if loadGen != "go" && loadGen != "wrk" {
+		return fmt.Errorf(`-load %q: use "go" or "wrk"`, loadGen)
+	}
+	if loadGen == "wrk" {
+		if _, err := exec.LookPath("wrk"); err != nil {
+			return errors.New("-load wrk needs the wrk command (Debian: apt-get install wrk)")
+		}
 	}
 	// Listeners first: the hub's URL is part of its documents.
 	hubSrv := httptest.NewUnstartedServer(nil)
@@ -210,11 +222,16 @@ func run(clients int, duration time.Duration, runs int, useTLS bool) error {
 			s := scenarios[i]
 			benchutil.Progress("run %d/%d: %s (%v warm-up, %v measured)", run+1, runs, s.name, warmup, duration)
 			before := conns.Load()
-			res, err := measure(s, clients, duration, lat, &all)
+			var res result
+			if loadGen == "wrk" {
+				res, err = measureWrk(s, clients, duration)
+			} else {
+				res, err = measure(s, clients, duration, lat, &all)
+			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", s.name, err)
 			}
-			if opened := conns.Load() - before; opened != int64(clients) {
+			if opened := conns.Load() - before; loadGen == "go" && opened != int64(clients) {
 				benchutil.Progress("  note: %d connections opened for %d clients", opened, clients)
 			}
 			benchutil.Progress("  %.0f req/s, p50 %.0f µs, p99 %.0f µs, %.1f µs CPU/request", res.rps, res.p50, res.p99, res.cpu)
@@ -229,9 +246,14 @@ func run(clients int, duration time.Duration, runs int, useTLS bool) error {
 	fmt.Printf("SPIFFE bundle of %d bytes (one anchor); %s on 127.0.0.1; %d clients, one connection each; "+
 		"%d runs × %v per scenario after a %v warm-up, scenarios alternating; medians over runs.\n",
 		size, transport, clients, runs, duration, warmup)
-	fmt.Printf("Clients and both servers run in one process and share the machine's %d cores (GOMAXPROCS=%d), %s.\n\n",
-		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
-	fmt.Println("| scenario | requests/s | p50 | p99 | CPU/request (clients + server) | throughput vs go-spiffe | p99 vs go-spiffe | CPU/request vs go-spiffe |")
+	if loadGen == "wrk" {
+		fmt.Printf("Load from wrk (%d threads, a separate process); both servers run in this process; all share the machine's %d cores (GOMAXPROCS=%d), %s. CPU/request is the servers' alone.\n\n",
+			wrkThreads, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
+	} else {
+		fmt.Printf("Clients and both servers run in one process and share the machine's %d cores (GOMAXPROCS=%d), %s.\n\n",
+			runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
+	}
+	fmt.Println("| scenario | requests/s | p50 | p99 | CPU/request (this process) | throughput vs go-spiffe | p99 vs go-spiffe | CPU/request vs go-spiffe |")
 	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	base := medians(results[len(results)-1])
 	for i, s := range scenarios {
@@ -477,4 +499,67 @@ func apiserverJWKS() ([]byte, error) {
 		set.Keys = append(set.Keys, jose.JSONWebKey{Key: k.pub, KeyID: base64.RawURLEncoding.EncodeToString(sum[:]), Algorithm: k.alg, Use: "sig"})
 	}
 	return json.Marshal(set)
+}
+
+// wrkThreads: one per core, as wrk's own advice.
+const wrkThreads = 2
+
+// measureWrk runs wrk against s (after a warm-up run) and reads its
+// requests/s and latency distribution; CPU is this process's, i.e. the
+// servers'.
+func measureWrk(s scenario, clients int, d time.Duration) (result, error) {
+	args := func(d time.Duration) []string {
+		a := []string{"-t", strconv.Itoa(wrkThreads), "-c", strconv.Itoa(clients), "-d", fmt.Sprintf("%ds", max(1, int(d.Seconds()))), "--latency"}
+		if s.ifNoneMatch != "" {
+			a = append(a, "-H", "If-None-Match: "+s.ifNoneMatch)
+		}
+		return append(a, s.url)
+	}
+	if out, err := exec.Command("wrk", args(warmup)...).CombinedOutput(); err != nil {
+		return result{}, fmt.Errorf("wrk: %w: %s", err, out)
+	}
+	cpu0 := cpuTime()
+	out, err := exec.Command("wrk", args(d)...).CombinedOutput()
+	cpu := cpuTime() - cpu0
+	if err != nil {
+		return result{}, fmt.Errorf("wrk: %w: %s", err, out)
+	}
+	text := string(out)
+	if strings.Contains(text, "Non-2xx or 3xx responses") {
+		return result{}, fmt.Errorf("wrk saw error responses:\n%s", text)
+	}
+	var res result
+	var total float64
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 2 && f[0] == "Requests/sec:":
+			res.rps, _ = strconv.ParseFloat(f[1], 64)
+		case len(f) == 2 && f[0] == "50%":
+			res.p50 = wrkMicros(f[1])
+		case len(f) == 2 && f[0] == "99%":
+			res.p99 = wrkMicros(f[1])
+		case len(f) >= 5 && f[1] == "requests" && f[2] == "in":
+			total, _ = strconv.ParseFloat(f[0], 64)
+		}
+	}
+	if res.rps == 0 || total == 0 {
+		return result{}, fmt.Errorf("could not read wrk's output:\n%s", text)
+	}
+	res.cpu = float64(cpu) / 1e3 / total
+	return res, nil
+}
+
+// wrkMicros parses wrk's latency ("812.00us", "1.23ms", "1.02s") into µs.
+func wrkMicros(v string) float64 {
+	for _, u := range []struct {
+		suffix string
+		mult   float64
+	}{{"us", 1}, {"ms", 1e3}, {"s", 1e6}} {
+		if n, ok := strings.CutSuffix(v, u.suffix); ok {
+			f, _ := strconv.ParseFloat(n, 64)
+			return f * u.mult
+		}
+	}
+	return 0
 }
