@@ -4,30 +4,13 @@
 package main
 
 import (
-	"flag"
-	"fmt"
-	"os"
-
-	"github.com/spf13/pflag"
-	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"context"
 
 	"github.com/anchorage-dev/anchorage/cmd/member-agent/app"
+	"github.com/anchorage-dev/anchorage/internal/cmdutil"
 )
 
 func main() {
 	opts := app.NewOptions()
-	fs := pflag.NewFlagSet("member-agent", pflag.ExitOnError)
-	opts.AddFlags(fs)
-	zapOpts := zap.Options{}
-	logFlags := flag.NewFlagSet("log", flag.ContinueOnError)
-	zapOpts.BindFlags(logFlags)
-	fs.AddGoFlagSet(logFlags)
-	_ = fs.Parse(os.Args[1:])
-	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
-
-	if err := app.Main(ctrl.SetupSignalHandler(), opts); err != nil {
-		fmt.Fprintln(os.Stderr, "member-agent:", err)
-		os.Exit(1)
-	}
+	cmdutil.Main("member-agent", opts, func(ctx context.Context) error { return app.Main(ctx, opts) })
 }

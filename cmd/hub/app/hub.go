@@ -30,7 +30,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -41,6 +40,7 @@ import (
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/anchorage-dev/anchorage/internal/cmdutil"
 	"github.com/anchorage-dev/anchorage/internal/hub/api"
 	"github.com/anchorage-dev/anchorage/internal/hub/members"
 	"github.com/anchorage-dev/anchorage/internal/hub/trustdomains"
@@ -181,15 +181,10 @@ func Main(ctx context.Context, opts *Options) error {
 	if err := opts.Validate(); err != nil {
 		return err
 	}
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = opts.Kubeconfig
-	cfg, err := rest.InClusterConfig()
-	if err != nil || opts.Kubeconfig != "" {
-		if cfg, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig(); err != nil {
-			return fmt.Errorf("no Kubernetes configuration for the hub cluster: run in a cluster or pass --kubeconfig: %w", err)
-		}
+	cfg, err := cmdutil.RESTConfig(opts.Kubeconfig)
+	if err != nil {
+		return err
 	}
-	ctx = ctrl.LoggerInto(ctx, ctrl.Log.WithName("hub"))
 	h, err := New(ctx, opts, cfg, nil)
 	if err != nil {
 		return err
@@ -197,13 +192,8 @@ func Main(ctx context.Context, opts *Options) error {
 	return h.Start(ctx)
 }
 
-type everyReplica manager.RunnableFunc
-
-func (f everyReplica) Start(ctx context.Context) error { return f(ctx) }
-func (everyReplica) NeedLeaderElection() bool          { return false }
-
 func serveRunnable(h *Hub, log logr.Logger) manager.Runnable {
-	return everyReplica(func(ctx context.Context) error {
+	return cmdutil.EveryReplica(func(ctx context.Context) error {
 		go func() {
 			<-ctx.Done()
 			shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)

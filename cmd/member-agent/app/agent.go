@@ -42,6 +42,7 @@ import (
 	"github.com/anchorage-dev/anchorage/internal/agent/pcrsigner"
 	"github.com/anchorage-dev/anchorage/internal/agent/profiles"
 	"github.com/anchorage-dev/anchorage/internal/agent/trustbundles"
+	"github.com/anchorage-dev/anchorage/internal/cmdutil"
 	"github.com/anchorage-dev/anchorage/pkg/federation"
 	"github.com/anchorage-dev/anchorage/pkg/signers"
 )
@@ -336,15 +337,9 @@ func slimPod(obj any) (any, error) {
 	}, nil
 }
 
-// everyReplica runs on followers too.
-type everyReplica manager.RunnableFunc
-
-func (f everyReplica) Start(ctx context.Context) error { return f(ctx) }
-func (everyReplica) NeedLeaderElection() bool          { return false }
-
 // metricsServer serves g on addr as a manager runnable (on every replica).
 func metricsServer(addr string, g prometheus.Gatherer) manager.Runnable {
-	return everyReplica(func(ctx context.Context) error {
+	return cmdutil.EveryReplica(func(ctx context.Context) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 		srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
@@ -367,11 +362,11 @@ func Main(ctx context.Context, opts *Options) error {
 	if err := opts.Validate(); err != nil {
 		return err
 	}
-	cfg, err := loadConfig(opts.Kubeconfig)
+	cfg, err := cmdutil.RESTConfig(opts.Kubeconfig)
 	if err != nil {
 		return err
 	}
-	return Run(ctrl.LoggerInto(ctx, ctrl.Log.WithName("member-agent")), opts, cfg)
+	return Run(ctx, opts, cfg)
 }
 
 func newReporter(opts *Options, mgr manager.Manager, pools *capool.Store, d deps, log logr.Logger) (*hubclient.Reporter, error) {

@@ -67,6 +67,9 @@ func TestServiceDNS(t *testing.T) {
 		if len(chain[0].URIs) != 0 || !slices.Equal(chain[0].ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}) {
 			t.Errorf("service-dns leaf has URIs %v, EKU %v", chain[0].URIs, chain[0].ExtKeyUsage)
 		}
+		if got, err := signers.IssuerFromCertificate(chain[0]); err != nil || got != testIssuer {
+			t.Errorf("IssuerFromCertificate = %q, %v", got, err)
+		}
 		return chain[0].DNSNames
 	}
 	want := func(t *testing.T, got []string, want ...string) {

@@ -15,7 +15,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -90,22 +89,11 @@ type bench struct {
 func run(n, runs, workers int, cpuProfile string) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if _, err := localcluster.EnsureAssets(ctx, os.Stderr); err != nil {
-		return err
-	}
-	etcdDir, err := benchutil.EtcdDir()
+	cl, stop, err := benchutil.StartCluster(ctx, app.Scheme())
 	if err != nil {
 		return err
 	}
-	if etcdDir != "" {
-		defer os.RemoveAll(etcdDir)
-	}
-	benchutil.Progress("starting kube-apiserver (etcd data in %s)", cmp.Or(etcdDir, "a temporary folder"))
-	cl, err := localcluster.Start(ctx, localcluster.Options{Name: "bench", Scheme: app.Scheme(), DataDir: etcdDir})
-	if err != nil {
-		return err
-	}
-	defer func() { _ = cl.Stop() }()
+	defer stop()
 
 	fastCfg := rest.CopyConfig(cl.Config)
 	fastCfg.QPS = -1 // no client-side limit: the apiserver is the only bound

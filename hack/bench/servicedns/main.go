@@ -7,7 +7,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -30,7 +29,6 @@ import (
 	"github.com/anchorage-dev/anchorage/cmd/member-agent/app"
 	"github.com/anchorage-dev/anchorage/hack/bench/internal/benchutil"
 	"github.com/anchorage-dev/anchorage/internal/agent/profiles"
-	"github.com/anchorage-dev/anchorage/internal/localcluster"
 )
 
 func main() {
@@ -55,22 +53,11 @@ func run(sizesFlag string, runs int) error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if _, err := localcluster.EnsureAssets(ctx, os.Stderr); err != nil {
-		return err
-	}
-	etcdDir, err := benchutil.EtcdDir()
+	cl, stop, err := benchutil.StartCluster(ctx, app.Scheme())
 	if err != nil {
 		return err
 	}
-	if etcdDir != "" {
-		defer os.RemoveAll(etcdDir)
-	}
-	benchutil.Progress("starting kube-apiserver (etcd data in %s)", cmp.Or(etcdDir, "a temporary folder"))
-	cl, err := localcluster.Start(ctx, localcluster.Options{Name: "bench", Scheme: app.Scheme(), DataDir: etcdDir})
-	if err != nil {
-		return err
-	}
-	defer func() { _ = cl.Stop() }()
+	defer stop()
 
 	c, err := cache.New(cl.Config, cache.Options{Scheme: cl.Scheme})
 	if err != nil {

@@ -3,6 +3,8 @@
 package benchutil
 
 import (
+	"cmp"
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -11,8 +13,11 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
+
+	"github.com/anchorage-dev/anchorage/internal/localcluster"
 )
 
 // QuietLogs keeps the components' logs (client-go, controller-runtime) off
@@ -60,10 +65,37 @@ func Progress(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
 }
 
-// EtcdDir returns a fresh etcd data folder on tmpfs (/dev/shm) when the
+// StartCluster builds the apiserver binaries if needed and starts one
+// kube-apiserver with its etcd on tmpfs when there is one. stop stops both
+// and removes etcd's data.
+func StartCluster(ctx context.Context, scheme *runtime.Scheme) (cl *localcluster.Cluster, stop func(), err error) {
+	if _, err := localcluster.EnsureAssets(ctx, os.Stderr); err != nil {
+		return nil, nil, err
+	}
+	etcdDir, err := etcdDir()
+	if err != nil {
+		return nil, nil, err
+	}
+	Progress("starting kube-apiserver (etcd data in %s)", cmp.Or(etcdDir, "a temporary folder"))
+	cl, err = localcluster.Start(ctx, localcluster.Options{Name: "bench", Scheme: scheme, DataDir: etcdDir})
+	if err != nil {
+		if etcdDir != "" {
+			_ = os.RemoveAll(etcdDir)
+		}
+		return nil, nil, err
+	}
+	return cl, func() {
+		_ = cl.Stop()
+		if etcdDir != "" {
+			_ = os.RemoveAll(etcdDir)
+		}
+	}, nil
+}
+
+// etcdDir returns a fresh etcd data folder on tmpfs (/dev/shm) when the
 // machine has one, so that disk latency jitter does not drown what is being
-// measured; "" (a temporary folder on disk) otherwise. The caller removes it.
-func EtcdDir() (string, error) {
+// measured; "" (a temporary folder on disk) otherwise.
+func etcdDir() (string, error) {
 	if fi, err := os.Stat("/dev/shm"); err != nil || !fi.IsDir() {
 		return "", nil
 	}
