@@ -1,14 +1,17 @@
-// Command sandbox will run a hub and two member clusters on real
-// kube-apiservers on this machine (issue #4). Until then it says so.
+// Command sandbox runs a hub and two member clusters on real kube-apiservers
+// on this machine, all components in one process, and shows what they do.
 package main
 
 import (
-	"fmt"
+	"context"
 	"os"
+
+	"github.com/anchorage-dev/anchorage/cmd/sandbox/app"
+	"github.com/anchorage-dev/anchorage/internal/cmdutil"
 )
 
 func main() {
-	fmt.Fprintln(os.Stderr, "sandbox: not yet — the hub and federation it demonstrates are still being built (issues #3 and #4).")
-	fmt.Fprintln(os.Stderr, "sandbox: what works today is the member agent's signers; `make test` exercises them against real kube-apiservers.")
-	os.Exit(2)
+	opts := app.NewOptions()
+	cmdutil.Main("sandbox", opts, func(ctx context.Context) error { return app.Run(ctx, opts, os.Stdout) },
+		cmdutil.LogTo(opts.LogFile))
 }

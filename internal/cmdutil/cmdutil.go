@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/spf13/pflag"
@@ -19,9 +20,26 @@ type Options interface {
 	AddFlags(*pflag.FlagSet)
 }
 
+// Option changes Main.
+type Option func(*mainOptions)
+
+type mainOptions struct {
+	logTo func() (io.Writer, error)
+}
+
+// LogTo sends the components' logs to the writer f returns (called after
+// the flags are parsed), for commands whose terminal output is for people.
+func LogTo(f func() (io.Writer, error)) Option {
+	return func(m *mainOptions) { m.logTo = f }
+}
+
 // Main parses the flags of opts plus the logging flags, sets the logger, and
 // runs run until SIGTERM/SIGINT; an error is printed and exits 1.
-func Main(name string, opts Options, run func(ctx context.Context) error) {
+func Main(name string, opts Options, run func(ctx context.Context) error, options ...Option) {
+	var mo mainOptions
+	for _, o := range options {
+		o(&mo)
+	}
 	fs := pflag.NewFlagSet(name, pflag.ExitOnError)
 	opts.AddFlags(fs)
 	zapOpts := zap.Options{}
@@ -29,6 +47,14 @@ func Main(name string, opts Options, run func(ctx context.Context) error) {
 	zapOpts.BindFlags(logFlags)
 	fs.AddGoFlagSet(logFlags)
 	_ = fs.Parse(os.Args[1:])
+	if mo.logTo != nil {
+		w, err := mo.logTo()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+			os.Exit(1)
+		}
+		zapOpts.DestWriter = w
+	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 
 	ctx := ctrl.LoggerInto(ctrl.SetupSignalHandler(), ctrl.Log.WithName(name))

@@ -3,15 +3,9 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"crypto/x509"
-	"io"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,7 +17,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	hubapp "github.com/anchorage-dev/anchorage/cmd/hub/app"
@@ -32,91 +25,55 @@ import (
 	"github.com/anchorage-dev/anchorage/internal/hub/api"
 	"github.com/anchorage-dev/anchorage/internal/kubeletsim"
 	"github.com/anchorage-dev/anchorage/internal/localcluster"
-	"github.com/anchorage-dev/anchorage/internal/manifests"
+	"github.com/anchorage-dev/anchorage/internal/sandbox"
 	hubv1 "github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1"
-	"github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1/crds"
 	"github.com/anchorage-dev/anchorage/pkg/signers"
 )
 
 type hubEnv struct {
 	t      *testing.T
 	ctx    context.Context
+	sb     *sandbox.Hub
 	hubCl  *localcluster.Cluster
 	hub    *hubapp.Hub
 	url    string
 	caFile string
 	https  *http.Client
-	mutate []func(*hubapp.Options)
 }
 
-// startHub runs a hub cluster and one hub replica on a loopback port;
-// mutate adjusts every replica's options.
+// startHub runs a hub cluster and one hub replica (internal/sandbox, as
+// the sandbox command does); mutate adjusts every replica's options.
 func startHub(t *testing.T, ctx context.Context, mutate ...func(*hubapp.Options)) *hubEnv {
 	t.Helper()
-	hubCl := localcluster.StartT(t, localcluster.Options{Name: "hub", CRDs: crds.All(), Scheme: hubapp.Scheme()})
-	if err := hubCl.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "anchorage-hub"}}); err != nil {
-		t.Fatal(err)
+	localcluster.RequireAssets(t)
+	short := func(o *hubapp.Options) {
+		o.ReportLease = 20 * time.Second
+		o.LeaderElectionLeaseDuration, o.LeaderElectionRenewDeadline, o.LeaderElectionRetryPeriod = 4*time.Second, 3*time.Second, 300*time.Millisecond
 	}
-	e := &hubEnv{t: t, ctx: ctx, hubCl: hubCl, mutate: mutate}
-	e.hub, e.url = e.startReplica("hub-0", "")
-	e.caFile = e.hub.CAFile
-	e.https = httpsClient(t, e.caFile)
-	return e
-}
-
-func httpsClient(t *testing.T, caFile string) *http.Client {
-	t.Helper()
-	pemBytes, err := os.ReadFile(caFile)
+	sb, err := sandbox.StartHub(ctx, sandbox.HubOptions{Dir: t.TempDir(), Mutate: append([]func(*hubapp.Options){short}, mutate...), Log: testr.New(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(pemBytes)
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	t.Cleanup(sb.Stop)
+	return &hubEnv{t: t, ctx: ctx, sb: sb, hubCl: sb.Cluster, hub: sb.Hub, url: sb.URL, caFile: sb.CAFile, https: sb.HTTPS}
 }
 
-// startReplica starts a hub replica; externalURL "" means its own address.
+// startReplica starts another replica serving externalURL.
 func (e *hubEnv) startReplica(name, externalURL string) (*hubapp.Hub, string) {
 	e.t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	h, url, err := e.sb.StartReplica(name, externalURL)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if externalURL == "" {
-		externalURL = "https://" + ln.Addr().String()
-	}
-	opts := hubapp.NewOptions()
-	opts.ExternalURL = externalURL
-	opts.DevCAFile = filepath.Join(e.t.TempDir(), "hub-ca.pem")
-	opts.ReportLease = 20 * time.Second
-	opts.LeaderElectionLeaseDuration, opts.LeaderElectionRenewDeadline, opts.LeaderElectionRetryPeriod = 4*time.Second, 3*time.Second, 300*time.Millisecond
-	for _, m := range e.mutate {
-		m(opts)
-	}
-	ctx, cancel := context.WithCancel(ctrl.LoggerInto(e.ctx, testr.New(e.t).WithName(name)))
-	h, err := hubapp.New(ctx, opts, e.hubCl.Config, ln)
-	if err != nil {
-		cancel()
-		e.t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = h.Start(ctx) }()
-	e.t.Cleanup(func() { cancel(); <-done })
-	return h, externalURL
+	return h, url
 }
 
-func (e *hubEnv) get(url string, header ...string) (*http.Response, []byte) {
+func (e *hubEnv) get(url string) (*http.Response, []byte) {
 	e.t.Helper()
-	req, _ := http.NewRequestWithContext(e.ctx, http.MethodGet, url, nil)
-	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Set(header[i], header[i+1])
-	}
-	resp, err := e.https.Do(req)
+	resp, body, err := sandbox.Fetch(e.ctx, e.https, url)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
 	return resp, body
 }
 
@@ -129,6 +86,7 @@ func (e *hubEnv) member(name string) *hubv1.MemberCluster {
 	return &mc
 }
 
+// register creates a MemberCluster without a member cluster behind it.
 func (e *hubEnv) register(name, trustDomain string) string {
 	e.t.Helper()
 	issuer := e.url + "/clusters/" + name
@@ -141,11 +99,11 @@ func (e *hubEnv) register(name, trustDomain string) string {
 
 func (e *hubEnv) joinToken(name string) string {
 	e.t.Helper()
-	var s corev1.Secret
-	poll(e.t, 20*time.Second, "join token of "+name, func() bool {
-		return e.hubCl.Client.Get(e.ctx, client.ObjectKey{Namespace: "anchorage-hub", Name: api.JoinTokenSecretName(name)}, &s) == nil
-	})
-	return string(s.Data[api.TokenKey])
+	tok, err := e.sb.JoinToken(e.ctx, name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return tok
 }
 
 func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
@@ -156,54 +114,33 @@ func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 type memberEnv struct {
-	cl      *localcluster.Cluster
-	agent   *agentapp.Agent
-	stop    func()
-	reports *atomic.Int32
+	cl   *localcluster.Cluster
+	stop func()
 }
 
-// startMember runs a member apiserver whose issuer is under the hub, with
-// deploy/member applied and the join token copied in, and its agent.
+// startMember starts a member cluster under the hub and its agent, joined
+// the way an operator joins it (internal/sandbox).
 func (e *hubEnv) startMember(name, trustDomain string) *memberEnv {
 	e.t.Helper()
-	issuer := e.register(name, trustDomain)
-	cl := localcluster.StartT(e.t, localcluster.Options{Name: name, Issuer: issuer, Scheme: agentapp.Scheme()})
-	objs, err := manifests.Load(filepath.Join("..", "..", "deploy", "member"))
+	m, err := e.sb.AddMember(e.ctx, sandbox.MemberOptions{Name: name, TrustDomain: trustDomain, Dir: e.t.TempDir(), Log: testr.New(e.t),
+		Agent: []func(*agentapp.Options){func(o *agentapp.Options) {
+			o.ReportInterval = time.Second
+			o.LeaderElectionLeaseDuration, o.LeaderElectionRenewDeadline, o.LeaderElectionRetryPeriod = 4*time.Second, 3*time.Second, 300*time.Millisecond
+		}}})
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if err := manifests.Apply(e.ctx, cl.Client, "anchorage-test", objs); err != nil {
-		e.t.Fatal(err)
-	}
-	if err := cl.Client.Create(e.ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "anchorage-system", Name: "anchorage-join-token"},
-		Data: map[string][]byte{"token": []byte(e.joinToken(name))}}); err != nil {
-		e.t.Fatal(err)
-	}
-	cfg, err := cl.ConfigFor(e.ctx, "anchorage-system", "member-agent")
+	e.t.Cleanup(m.Stop)
+	return &memberEnv{cl: m.Cluster, stop: m.StopAgent}
+}
+
+func httpsClient(t *testing.T, caFile string) *http.Client {
+	t.Helper()
+	c, err := sandbox.HTTPSClient(caFile)
 	if err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
-	opts := agentapp.NewOptions()
-	opts.ClusterName, opts.TrustDomain = name, trustDomain
-	opts.MetricsBindAddress, opts.HealthProbeBindAddress = "0", "0"
-	opts.HubURL, opts.HubCAFile, opts.ReportInterval = e.url, e.caFile, time.Second
-	opts.LeaderElectionLeaseDuration, opts.LeaderElectionRenewDeadline, opts.LeaderElectionRetryPeriod = 4*time.Second, 3*time.Second, 300*time.Millisecond
-	var reports atomic.Int32
-	ctx, cancel := context.WithCancel(ctrl.LoggerInto(e.ctx, testr.New(e.t).WithName(name+"-agent")))
-	a, err := agentapp.New(ctx, opts, cfg,
-		agentapp.WithHubToken(func(ctx context.Context) (string, error) {
-			return cl.Token(ctx, "anchorage-system", "member-agent", []string{e.url}, 10*time.Minute)
-		}),
-		agentapp.WithReported(func() { reports.Add(1) }))
-	if err != nil {
-		cancel()
-		e.t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = a.Start(ctx) }()
-	stop := func() { cancel(); <-done }
-	e.t.Cleanup(stop)
-	return &memberEnv{cl: cl, agent: a, stop: stop, reports: &reports}
+	return c
 }
 
 func (m *memberEnv) pool(t *testing.T, signer string) *signers.Pool {

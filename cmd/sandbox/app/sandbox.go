@@ -1,0 +1,169 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/spf13/pflag"
+
+	"github.com/anchorage-dev/anchorage/internal/localcluster"
+	"github.com/anchorage-dev/anchorage/internal/sandbox"
+)
+
+// Options are the sandbox's flags.
+type Options struct {
+	StateDir string
+	Serve    bool
+}
+
+// NewOptions returns the defaults.
+func NewOptions() *Options { return &Options{} }
+
+// AddFlags registers the flags on fs.
+func (o *Options) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.StateDir, "state-dir", o.StateDir, "Folder for the apiservers' data, kubeconfigs, the hub's CA and sandbox.json (written once everything is ready). Default: a fresh temporary folder, printed.")
+	fs.BoolVar(&o.Serve, "serve", o.Serve, "Keep everything running after the demo until interrupted (Ctrl-C).")
+}
+
+// State is sandbox.json: what other tools need to drive the sandbox.
+type State struct {
+	HubURL        string        `json:"hubURL"`
+	HubCAFile     string        `json:"hubCAFile"`
+	HubKubeconfig string        `json:"hubKubeconfig"`
+	Members       []MemberState `json:"members"`
+}
+
+// MemberState is one member in sandbox.json.
+type MemberState struct {
+	Name        string `json:"name"`
+	Kubeconfig  string `json:"kubeconfig"`
+	Issuer      string `json:"issuer"`
+	TrustDomain string `json:"trustDomain"`
+}
+
+// LogFile creates the state folder (a fresh temporary one unless
+// --state-dir is set) and opens sandbox.log in it for the components' logs.
+func (o *Options) LogFile() (io.Writer, error) {
+	if o.StateDir == "" {
+		dir, err := os.MkdirTemp("", "anchorage-sandbox-")
+		if err != nil {
+			return nil, err
+		}
+		o.StateDir = dir
+	}
+	if err := os.MkdirAll(o.StateDir, 0o755); err != nil {
+		return nil, err
+	}
+	return os.OpenFile(filepath.Join(o.StateDir, "sandbox.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+}
+
+// Run runs the sandbox, printing what happens to out.
+func Run(ctx context.Context, opts *Options, out io.Writer) error {
+	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
+	step := func(format string, args ...any) { say("==> "+format, args...) }
+	began := time.Now()
+
+	dir := opts.StateDir
+	if dir == "" {
+		var err error
+		if dir, err = os.MkdirTemp("", "anchorage-sandbox-"); err != nil {
+			return err
+		}
+	}
+	if dir, err := filepath.Abs(dir); err == nil {
+		opts.StateDir = dir
+	}
+	dir = opts.StateDir
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	step("state in %s (components log to sandbox.log there)", dir)
+
+	step("kube-apiserver and etcd v%s (built from the Go module proxy the first time, about 5 minutes; then cached)", strings.TrimPrefix(localcluster.KubernetesVersion, "v"))
+	if _, err := localcluster.EnsureAssets(ctx, out); err != nil {
+		return err
+	}
+	quiet := logr.Discard()
+
+	step("starting the hub cluster and the hub")
+	hub, err := sandbox.StartHub(ctx, sandbox.HubOptions{Dir: dir, Log: quiet})
+	if err != nil {
+		return err
+	}
+	defer hub.Stop()
+	say("    hub: %s (its development CA: %s)", hub.URL, hub.CAFile)
+
+	state := State{HubURL: hub.URL, HubCAFile: hub.CAFile, HubKubeconfig: filepath.Join(dir, "hub.kubeconfig")}
+	if err := hub.Cluster.WriteKubeconfig(state.HubKubeconfig); err != nil {
+		return err
+	}
+	var members []*sandbox.Member
+	for _, m := range []struct{ name, td string }{{"east", "east.anchorage.test"}, {"west", "west.anchorage.test"}} {
+		step("starting member %s (trust domain %s, issuer %s/clusters/%s) and joining it to the hub", m.name, m.td, hub.URL, m.name)
+		mem, err := hub.AddMember(ctx, sandbox.MemberOptions{Name: m.name, TrustDomain: m.td, Dir: dir, Log: quiet})
+		if err != nil {
+			return err
+		}
+		defer mem.Stop()
+		if err := hub.WaitReady(ctx, m.name, 2*time.Minute); err != nil {
+			return err
+		}
+		kc := filepath.Join(dir, m.name+".kubeconfig")
+		if err := mem.Cluster.WriteKubeconfig(kc); err != nil {
+			return err
+		}
+		say("    %s joined: its agent signs for anchorage.dev/spiffe and anchorage.dev/service-dns and reported its anchors and JWKS", m.name)
+		members = append(members, mem)
+		state.Members = append(state.Members, MemberState{Name: m.name, Kubeconfig: kc, Issuer: mem.Issuer, TrustDomain: m.td})
+	}
+	data, _ := json.MarshalIndent(state, "", "  ")
+	if err := os.WriteFile(filepath.Join(dir, "sandbox.json"), append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	step("ready in %s; sandbox.json written", time.Since(began).Round(time.Second))
+
+	step("what the hub serves for east, under east's issuer (the same commands work while --serve runs):")
+	issuer := members[0].Issuer
+	for _, u := range []string{
+		issuer + "/.well-known/openid-configuration",
+		issuer + "/openid/v1/jwks",
+		issuer + "/.well-known/spiffe-bundle",
+		issuer + "/.well-known/anchorage/trust-bundles/service-dns.pem",
+		hub.URL + "/trust-domains/west.anchorage.test/bundle",
+	} {
+		say("\n$ curl --cacert %s %s", hub.CAFile, u)
+		resp, body, err := hub.Get(ctx, u)
+		if err != nil {
+			return err
+		}
+		say("%s", shorten(string(body), resp.Header.Get("Content-Type")))
+	}
+	say("")
+	step("cross-cluster mTLS between east and west with federated bundles: not yet — the hub's push of federated bundles arrives with issue #4")
+
+	if !opts.Serve {
+		step("done; stopping (run with --serve to keep it running)")
+		return nil
+	}
+	step("serving until interrupted: kubectl --kubeconfig %s get memberclusters", state.HubKubeconfig)
+	<-ctx.Done()
+	step("stopping")
+	return nil
+}
+
+// shorten keeps a terminal readable: long PEM and base64 are elided.
+func shorten(body, contentType string) string {
+	const max = 900
+	body = strings.TrimSpace(body)
+	if len(body) <= max {
+		return body
+	}
+	return body[:max] + fmt.Sprintf(" … (%d bytes, %s)", len(body), contentType)
+}
