@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	hubapp "github.com/anchorage-dev/anchorage/cmd/hub/app"
 	"github.com/anchorage-dev/anchorage/internal/hub/api"
 	"github.com/anchorage-dev/anchorage/internal/localcluster"
 	hubv1 "github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1"
@@ -29,7 +30,9 @@ func TestHubRejectsBadInput(t *testing.T) {
 	localcluster.RequireAssets(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	e := startHub(t, ctx)
+	// A lease longer than the test: east stops reporting and its record
+	// must not change for that reason while the table runs.
+	e := startHub(t, ctx, func(o *hubapp.Options) { o.ReportLease = 5 * time.Minute })
 	east := e.startMember("east", "east.example")
 	poll(t, 60*time.Second, "east ready", func() bool {
 		mc := e.member("east")

@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -154,4 +155,37 @@ func TestHubJWKSRotation(t *testing.T) {
 func rootsOf(t *testing.T, caFile string) *x509.CertPool {
 	t.Helper()
 	return httpsClient(t, caFile).Transport.(*http.Transport).TLSClientConfig.RootCAs
+}
+
+// A member that stops reporting is Ready=False after the report lease, with
+// an Event, and its documents stay served (fail-static).
+func TestHubMarksSilentMemberNotReady(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e := startHub(t, ctx, func(o *hubapp.Options) { o.ReportLease = 3 * time.Second })
+	east := e.startMember("east", "east.example")
+	poll(t, 60*time.Second, "east ready", func() bool {
+		return meta.IsStatusConditionTrue(e.member("east").Status.Conditions, hubv1.ConditionReady)
+	})
+	east.stop()
+	stopped := time.Now()
+	poll(t, 30*time.Second, "east not ready", func() bool {
+		c := meta.FindStatusCondition(e.member("east").Status.Conditions, hubv1.ConditionReady)
+		return c != nil && c.Status == metav1.ConditionFalse && c.Reason == hubv1.ReasonReportStale
+	})
+	t.Logf("Ready=False %v after the agent stopped (lease 3s)", time.Since(stopped).Round(100*time.Millisecond))
+	var evs eventsv1.EventList
+	if err := e.hubCl.Client.List(ctx, &evs); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, ev := range evs.Items {
+		found = found || (ev.Regarding.Name == "east" && ev.Reason == hubv1.ReasonReportStale)
+	}
+	if !found {
+		t.Error("no ReportStale Event on the MemberCluster")
+	}
+	if resp, _ := e.get(e.url + "/clusters/east/.well-known/spiffe-bundle"); resp.StatusCode != http.StatusOK {
+		t.Errorf("a silent member's bundle must stay served, got %d", resp.StatusCode)
+	}
 }
