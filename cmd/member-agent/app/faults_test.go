@@ -67,6 +67,40 @@ func TestDenials(t *testing.T) {
 		expectDenied(t, got, "PodUIDMismatch", "does not match pod deny/real")
 	})
 
+	t.Run("a service account that is not the pod's", func(t *testing.T) {
+		var live corev1.Pod
+		if err := e.c.Get(e.ctx, types.NamespacedName{Namespace: ns, Name: "real"}, &live); err != nil {
+			t.Fatal(err)
+		}
+		src := *live.Spec.Volumes[0].Projected.Sources[0].PodCertificate
+		req, _, err := e.sim.CreateRequest(e.ctx, &live, src, func(r *certsv1.PodCertificateRequest) { r.Spec.ServiceAccountName = "cluster-admin-bot" })
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := e.sim.WaitTerminal(e.ctx, req.Namespace, req.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		expectDenied(t, got, "PodMismatch", `spec.serviceAccountName "cluster-admin-bot" is not the service account of pod deny/real ("workload")`)
+	})
+
+	t.Run("a node that is not the pod's", func(t *testing.T) {
+		var live corev1.Pod
+		if err := e.c.Get(e.ctx, types.NamespacedName{Namespace: ns, Name: "real"}, &live); err != nil {
+			t.Fatal(err)
+		}
+		src := *live.Spec.Volumes[0].Projected.Sources[0].PodCertificate
+		req, _, err := e.sim.CreateRequest(e.ctx, &live, src, func(r *certsv1.PodCertificateRequest) { r.Spec.NodeName = "other-node" })
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := e.sim.WaitTerminal(e.ctx, req.Namespace, req.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		expectDenied(t, got, "PodMismatch", `spec.nodeName "other-node" is not the node of pod deny/real`)
+	})
+
 	t.Run("unknown user annotation", func(t *testing.T) {
 		p := e.runPod(pod(ns, "ann", signers.SPIFFESignerName, "ECDSAP256", nil, map[string]string{"example.com/path": "/admin"}))
 		ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
@@ -75,8 +109,8 @@ func TestDenials(t *testing.T) {
 		expectDenied(t, e.latest(p), "InvalidUnverifiedUserAnnotations", "example.com/path")
 	})
 
-	if got := counter(t, a, "anchorage_signer_denied_total"); got != 3 {
-		t.Errorf("anchorage_signer_denied_total = %v, want 3", got)
+	if got := counter(t, a, "anchorage_signer_denied_total"); got != 5 {
+		t.Errorf("anchorage_signer_denied_total = %v, want 5", got)
 	}
 }
 

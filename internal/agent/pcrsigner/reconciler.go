@@ -33,6 +33,7 @@ import (
 const (
 	ReasonIssued              = "Issued"
 	ReasonPodUIDMismatch      = "PodUIDMismatch"
+	ReasonPodMismatch         = "PodMismatch"
 	ReasonInvalidStubCSR      = "InvalidStubPKCS10Request"
 	ReasonCAExpiring          = "CAExpiring"
 	ReasonWaitingForCAPool    = "WaitingForCAPool"
@@ -181,9 +182,10 @@ func (r *Reconciler) check(ctx context.Context, req *certsv1.PodCertificateReque
 	if err := r.Client.Get(ctx, podKey, &pod); err != nil && !apierrors.IsNotFound(err) {
 		return nil, nil, fmt.Errorf("reading pod %s: %w", podKey, err)
 	}
-	if pod.UID != req.Spec.PodUID {
-		// The cache may not have seen the pod yet, or may still hold an
-		// older pod of that name: only a live read may deny.
+	if pod.UID != req.Spec.PodUID || mismatch(req, &pod) != "" {
+		// The cache may not have seen the pod yet, may still hold an older
+		// pod of that name, or a copy from before it was bound to its node:
+		// only a live read may deny.
 		if err := r.APIReader.Get(ctx, podKey, &pod); apierrors.IsNotFound(err) {
 			return nil, nil, &Denial{Reason: ReasonPodUIDMismatch, Message: fmt.Sprintf("pod %s does not exist", podKey)}
 		} else if err != nil {
@@ -191,6 +193,12 @@ func (r *Reconciler) check(ctx context.Context, req *certsv1.PodCertificateReque
 		}
 		if pod.UID != req.Spec.PodUID {
 			return &pod, nil, &Denial{Reason: ReasonPodUIDMismatch, Message: fmt.Sprintf("spec.podUID %s does not match pod %s (UID %s)", req.Spec.PodUID, podKey, pod.UID)}
+		}
+		// NodeRestriction vouches for these fields only when a node made
+		// the request; anyone else allowed to create requests could claim
+		// another service account for a real pod.
+		if m := mismatch(req, &pod); m != "" {
+			return &pod, nil, &Denial{Reason: ReasonPodMismatch, Message: m}
 		}
 	}
 	if unknown := unknownKeys(req.Spec.UnverifiedUserAnnotations, r.Profile.UserAnnotations()); len(unknown) > 0 {
@@ -208,6 +216,22 @@ func (r *Reconciler) check(ctx context.Context, req *certsv1.PodCertificateReque
 		return &pod, nil, &Denial{Reason: certsv1.PodCertificateRequestConditionUnsupportedKeyType, Message: err.Error()}
 	}
 	return &pod, pub, nil
+}
+
+// mismatch says how the request's service account or node differ from its
+// pod's, or "" when they agree.
+func mismatch(req *certsv1.PodCertificateRequest, pod *corev1.Pod) string {
+	sa := pod.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	switch {
+	case req.Spec.ServiceAccountName != sa:
+		return fmt.Sprintf("spec.serviceAccountName %q is not the service account of pod %s/%s (%q)", req.Spec.ServiceAccountName, pod.Namespace, pod.Name, sa)
+	case string(req.Spec.NodeName) != pod.Spec.NodeName:
+		return fmt.Sprintf("spec.nodeName %q is not the node of pod %s/%s (%q)", req.Spec.NodeName, pod.Namespace, pod.Name, pod.Spec.NodeName)
+	}
+	return ""
 }
 
 // wait leaves a request pending with an Event on its pod, and fails it
