@@ -7,35 +7,31 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 
 	certsv1 "k8s.io/api/certificates/v1"
 	certsv1ac "k8s.io/client-go/applyconfigurations/certificates/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/anchorage-dev/anchorage/pkg/federation"
 	"github.com/anchorage-dev/anchorage/pkg/signers"
 )
 
-// Labels of DESIGN.md ("ClusterTrustBundles written by the agent").
+// Labels and names are the contract of pkg/federation (DESIGN.md,
+// "ClusterTrustBundles written by the agent").
 const (
-	LabelCanarying           = "k8s.spiffe.io/canarying"
-	LabelWorkloadTrustDomain = "k8s.spiffe.io/workload-trust-domain"
-	LabelPeerTrustDomain     = "k8s.spiffe.io/peer-trust-domain"
-	LabelServiceDNSScope     = "service-dns.anchorage.dev/scope"
-	LabelSource              = "anchorage.dev/source"
-	CanaryingLive            = "live"
-	ScopeCluster             = "cluster"
-	ScopeClusterset          = "clusterset"
-	SourceHub                = "hub"
+	LabelCanarying           = federation.LabelCanarying
+	LabelWorkloadTrustDomain = federation.LabelWorkloadTrustDomain
+	LabelPeerTrustDomain     = federation.LabelPeerTrustDomain
+	LabelServiceDNSScope     = federation.LabelServiceDNSScope
+	LabelSource              = federation.LabelSource
+	CanaryingLive            = federation.CanaryingLive
+	ScopeCluster             = federation.ScopeCluster
+	SourceHub                = federation.SourceHub
 	FieldManager             = "anchorage-member-agent"
 )
 
-// namePrefix is the prefix the apiserver requires of a signer-linked
-// bundle: the signer name with "/" turned into ":", then ":".
-func namePrefix(signer string) string { return strings.ReplaceAll(signer, "/", ":") + ":" }
-
 // LocalName is the bundle of this cluster's own anchors of signer.
-func LocalName(signer string) string { return namePrefix(signer) + "local" }
+func LocalName(signer string) string { return federation.LocalBundleName(signer) }
 
 // Bundle is one desired ClusterTrustBundle.
 type Bundle struct {

@@ -1,0 +1,584 @@
+package workload_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	"github.com/anchorage-dev/anchorage/pkg/signers"
+	"github.com/anchorage-dev/anchorage/pkg/workload"
+)
+
+var (
+	east = spiffeid.RequireTrustDomainFromString("east.anchorage.test")
+	west = spiffeid.RequireTrustDomainFromString("west.anchorage.test")
+)
+
+// --- certificates ---
+
+type testCA struct {
+	pool   *signers.Pool
+	issuer string
+}
+
+func newSPIFFECA(t *testing.T, td spiffeid.TrustDomain, cluster string) *testCA {
+	t.Helper()
+	issuer := "https://" + cluster + ".issuer.test"
+	return newCA(t, signers.SPIFFECAProfile(cluster, td.Name(), issuer), issuer)
+}
+
+func newCA(t *testing.T, profile signers.CAProfile, issuer string) *testCA {
+	t.Helper()
+	ca, err := signers.NewCA(signers.Env{}, profile, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca.State = signers.StateActive
+	return &testCA{pool: &signers.Pool{Signer: profile.Signer, CAs: []*signers.CA{ca}}, issuer: issuer}
+}
+
+func (c *testCA) anchorPEM() []byte {
+	return signers.EncodeCertificatesPEM([]*x509.Certificate{c.pool.CAs[0].Anchor()})
+}
+
+type leaf struct {
+	keyPEM, chainPEM []byte
+	serial           *big.Int
+}
+
+// bundle is the credential bundle as the kubelet writes it: the PKCS#8
+// key, then the chain.
+func (l leaf) bundle() []byte { return append(append([]byte{}, l.keyPEM...), l.chainPEM...) }
+
+func (c *testCA) issue(t *testing.T, tmpl *x509.Certificate) leaf {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := signers.Sign(signers.Env{}, c.pool, c.issuer, tmpl, key.Public(), 86400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := iss.Chain()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return leaf{
+		keyPEM:   pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}),
+		chainPEM: iss.ChainPEM(),
+		serial:   chain[0].SerialNumber,
+	}
+}
+
+func (c *testCA) spiffeLeaf(t *testing.T, td spiffeid.TrustDomain, ns, sa string) leaf {
+	t.Helper()
+	tmpl, err := signers.SPIFFELeaf(td, ns, sa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.issue(t, tmpl)
+}
+
+func spiffeID(td spiffeid.TrustDomain, ns, sa string) spiffeid.ID {
+	return spiffeid.RequireFromSegments(td, "ns", ns, "sa", sa)
+}
+
+// --- kubelet-like projected volume ---
+
+// projected writes files like the kubelet's AtomicWriter: a timestamped
+// folder, "..data" pointing at it swapped with one rename, and each name a
+// symlink to "..data/<name>".
+type projected struct {
+	dir string
+	n   int
+}
+
+func newProjected(t *testing.T) *projected { return &projected{dir: t.TempDir()} }
+
+func (p *projected) path(name string) string { return filepath.Join(p.dir, name) }
+
+func (p *projected) write(t *testing.T, files map[string][]byte) {
+	t.Helper()
+	p.n++
+	ts := fmt.Sprintf("..2026_01_02_03_04_05.%d", p.n)
+	tsDir := filepath.Join(p.dir, ts)
+	if err := os.Mkdir(tsDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(tsDir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, _ := os.Readlink(filepath.Join(p.dir, "..data"))
+	tmp := filepath.Join(p.dir, "..data_tmp")
+	if err := os.Symlink(ts, tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(p.dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	for name := range files {
+		link := filepath.Join(p.dir, name)
+		if _, err := os.Lstat(link); errors.Is(err, os.ErrNotExist) {
+			if err := os.Symlink(filepath.Join("..data", name), link); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if old != "" {
+		if err := os.RemoveAll(filepath.Join(p.dir, old)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// pod is one pod's volume: its credential and the trust bundles.
+type pod struct {
+	vol     *projected
+	files   map[string][]byte
+	src     *workload.Source
+	errs    chan error
+	tds     []spiffeid.TrustDomain
+	dnsFile bool
+}
+
+func newPod(t *testing.T, cred []byte, bundles map[spiffeid.TrustDomain][]byte, dns []byte) *pod {
+	t.Helper()
+	p := &pod{vol: newProjected(t), files: map[string][]byte{}, errs: make(chan error, 100)}
+	if cred != nil {
+		p.files[workload.CredentialBundleFileName] = cred
+	}
+	opts := workload.Options{
+		TrustBundleFiles: map[spiffeid.TrustDomain]string{},
+		RefreshInterval:  -1, // events only, so that the tests exercise the watch
+		OnError: func(err error) {
+			select {
+			case p.errs <- err:
+			default:
+			}
+		},
+	}
+	for td, b := range bundles {
+		p.files[workload.TrustBundleFileName(td)] = b
+		opts.TrustBundleFiles[td] = p.vol.path(workload.TrustBundleFileName(td))
+	}
+	if dns != nil {
+		p.files["service-dns-ca.pem"] = dns
+		opts.DNSTrustBundleFiles = []string{p.vol.path("service-dns-ca.pem")}
+	}
+	if cred != nil {
+		opts.CredentialBundleFile = p.vol.path(workload.CredentialBundleFileName)
+	}
+	p.vol.write(t, p.files)
+	src, err := workload.New(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = src.Close() })
+	p.src = src
+	return p
+}
+
+func (p *pod) update(t *testing.T, name string, data []byte) {
+	t.Helper()
+	p.files[name] = data
+	p.vol.write(t, p.files)
+}
+
+// --- TLS plumbing ---
+
+// echoServer accepts TLS connections and echoes lines back.
+func echoServer(t *testing.T, cfg *tls.Config) string {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// dial connects and does one echo round trip.
+func dial(t *testing.T, addr string, cfg *tls.Config) (*tls.Conn, error) {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		return nil, err
+	}
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := roundTrip(c, "hello"); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func roundTrip(c *tls.Conn, msg string) error {
+	if _, err := io.WriteString(c, msg+"\n"); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(io.LimitReader(c, int64(len(msg)+1))).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if line != msg+"\n" {
+		return fmt.Errorf("echo %q, want %q", line, msg)
+	}
+	return nil
+}
+
+func mustDial(t *testing.T, addr string, cfg *tls.Config) *tls.Conn {
+	t.Helper()
+	c, err := dial(t, addr, cfg)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func mustFail(t *testing.T, addr string, cfg *tls.Config, wantSubstr string) {
+	t.Helper()
+	c, err := dial(t, addr, cfg)
+	if err == nil {
+		c.Close()
+		t.Fatal("connection succeeded, want a failure")
+	}
+	if wantSubstr != "" && !strings.Contains(err.Error(), wantSubstr) {
+		t.Errorf("error %q, want it to contain %q", err, wantSubstr)
+	}
+}
+
+func peerSerial(c *tls.Conn) *big.Int { return c.ConnectionState().PeerCertificates[0].SerialNumber }
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// --- tests ---
+
+func TestSPIFFEMTLS(t *testing.T) {
+	eastCA, westCA := newSPIFFECA(t, east, "east-1"), newSPIFFECA(t, west, "west-1")
+	bundles := map[spiffeid.TrustDomain][]byte{east: eastCA.anchorPEM(), west: westCA.anchorPEM()}
+	clientID, serverID := spiffeID(east, "shop", "frontend"), spiffeID(west, "shop", "backend")
+
+	client := newPod(t, eastCA.spiffeLeaf(t, east, "shop", "frontend").bundle(), bundles, nil)
+	server := newPod(t, westCA.spiffeLeaf(t, west, "shop", "backend").bundle(), bundles, nil)
+
+	svid, err := client.src.GetX509SVID()
+	if err != nil || svid.ID != clientID {
+		t.Fatalf("client SVID %v, %v; want %s", svid, err, clientID)
+	}
+
+	addr := echoServer(t, server.src.ServerConfig(tlsconfig.AuthorizeID(clientID)))
+	c := mustDial(t, addr, client.src.ClientConfig(tlsconfig.AuthorizeID(serverID)))
+	if got, err := x509svidID(c); err != nil || got != serverID {
+		t.Errorf("server ID %s (%v), want %s", got, err, serverID)
+	}
+
+	t.Run("go-spiffe tlsconfig directly", func(t *testing.T) {
+		mustDial(t, addr, tlsconfig.MTLSClientConfig(client.src, client.src, tlsconfig.AuthorizeMemberOf(west)))
+	})
+	t.Run("client authorizes another ID", func(t *testing.T) {
+		mustFail(t, addr, client.src.ClientConfig(tlsconfig.AuthorizeID(spiffeID(west, "shop", "other"))), "unexpected ID")
+	})
+	t.Run("server authorizes another ID", func(t *testing.T) {
+		other := echoServer(t, server.src.ServerConfig(tlsconfig.AuthorizeOneOf(spiffeID(east, "shop", "other"))))
+		mustFail(t, other, client.src.ClientConfig(tlsconfig.AuthorizeID(serverID)), "")
+	})
+	t.Run("client holds the wrong trust domain's bundle", func(t *testing.T) {
+		// west's file holds east's anchors: never trust across domains.
+		wrong := newPod(t, eastCA.spiffeLeaf(t, east, "shop", "frontend").bundle(),
+			map[spiffeid.TrustDomain][]byte{east: eastCA.anchorPEM(), west: eastCA.anchorPEM()}, nil)
+		mustFail(t, addr, wrong.src.ClientConfig(tlsconfig.AuthorizeID(serverID)), "x509svid")
+	})
+	t.Run("client has no bundle for the server's trust domain", func(t *testing.T) {
+		only := newPod(t, eastCA.spiffeLeaf(t, east, "shop", "frontend").bundle(),
+			map[spiffeid.TrustDomain][]byte{east: eastCA.anchorPEM()}, nil)
+		mustFail(t, addr, only.src.ClientConfig(tlsconfig.AuthorizeID(serverID)), "no trust bundle")
+	})
+	t.Run("a peer of the same trust domain", func(t *testing.T) {
+		mustDial(t, echoServer(t, server.src.ServerConfig(tlsconfig.AuthorizeAny())),
+			server.src.ClientConfig(tlsconfig.AuthorizeID(serverID)))
+	})
+}
+
+func x509svidID(c *tls.Conn) (spiffeid.ID, error) {
+	uris := c.ConnectionState().PeerCertificates[0].URIs
+	if len(uris) != 1 {
+		return spiffeid.ID{}, fmt.Errorf("%d URI SANs", len(uris))
+	}
+	return spiffeid.FromURI(uris[0])
+}
+
+func TestRotation(t *testing.T) {
+	eastCA, westCA := newSPIFFECA(t, east, "east-1"), newSPIFFECA(t, west, "west-1")
+	bundles := map[spiffeid.TrustDomain][]byte{east: eastCA.anchorPEM(), west: westCA.anchorPEM()}
+	serverID := spiffeID(west, "shop", "backend")
+	client := newPod(t, eastCA.spiffeLeaf(t, east, "shop", "frontend").bundle(), bundles, nil)
+	first := westCA.spiffeLeaf(t, west, "shop", "backend")
+	server := newPod(t, first.bundle(), bundles, nil)
+
+	addr := echoServer(t, server.src.ServerConfig(tlsconfig.AuthorizeMemberOf(east)))
+	clientCfg := client.src.ClientConfig(tlsconfig.AuthorizeID(serverID))
+	old := mustDial(t, addr, clientCfg)
+	if peerSerial(old).Cmp(first.serial) != 0 {
+		t.Fatalf("server presented serial %s, want %s", peerSerial(old), first.serial)
+	}
+
+	second := westCA.spiffeLeaf(t, west, "shop", "backend")
+	server.update(t, workload.CredentialBundleFileName, second.bundle())
+	waitFor(t, "the new server certificate", func() bool {
+		return server.src.Certificate().Leaf.SerialNumber.Cmp(second.serial) == 0
+	})
+
+	if err := roundTrip(old, "after the swap"); err != nil {
+		t.Errorf("established connection after the swap: %v", err)
+	}
+	if peerSerial(old).Cmp(first.serial) != 0 {
+		t.Errorf("established connection's peer changed")
+	}
+	fresh := mustDial(t, addr, clientCfg)
+	if got := peerSerial(fresh); got.Cmp(second.serial) != 0 {
+		t.Errorf("new handshake: serial %s, want the new %s", got, second.serial)
+	}
+
+	t.Run("half-written credential keeps the last good one", func(t *testing.T) {
+		b := second.bundle()
+		server.update(t, workload.CredentialBundleFileName, b[:len(b)*2/3])
+		select {
+		case err := <-server.errs:
+			t.Logf("reported: %v", err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("no error reported for a half-written credential")
+		}
+		if got := server.src.Certificate().Leaf.SerialNumber; got.Cmp(second.serial) != 0 {
+			t.Errorf("serial %s after a bad reload, want %s kept", got, second.serial)
+		}
+		c := mustDial(t, addr, clientCfg)
+		if got := peerSerial(c); got.Cmp(second.serial) != 0 {
+			t.Errorf("handshake after a bad reload: serial %s, want %s", got, second.serial)
+		}
+		if err := roundTrip(old, "still there"); err != nil {
+			t.Errorf("first connection: %v", err)
+		}
+	})
+	t.Run("garbage and mismatched key are rejected", func(t *testing.T) {
+		third := westCA.spiffeLeaf(t, west, "shop", "backend")
+		for name, data := range map[string][]byte{
+			"garbage":      []byte("not PEM at all"),
+			"key mismatch": append(append([]byte{}, first.keyPEM...), third.chainPEM...),
+			"no chain":     third.keyPEM,
+		} {
+			server.update(t, workload.CredentialBundleFileName, data)
+			select {
+			case err := <-server.errs:
+				t.Logf("%s: %v", name, err)
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s: no error reported", name)
+			}
+		}
+		if got := server.src.Certificate().Leaf.SerialNumber; got.Cmp(second.serial) != 0 {
+			t.Errorf("serial %s, want %s kept", got, second.serial)
+		}
+		// A good file again is picked up.
+		server.update(t, workload.CredentialBundleFileName, third.bundle())
+		waitFor(t, "recovery", func() bool { return server.src.Certificate().Leaf.SerialNumber.Cmp(third.serial) == 0 })
+		if got := peerSerial(mustDial(t, addr, clientCfg)); got.Cmp(third.serial) != 0 {
+			t.Errorf("serial %s, want %s", got, third.serial)
+		}
+	})
+}
+
+func TestTrustBundleChange(t *testing.T) {
+	east1, east2 := newSPIFFECA(t, east, "east-1"), newSPIFFECA(t, east, "east-2")
+	westCA := newSPIFFECA(t, west, "west-1")
+	serverID := spiffeID(west, "shop", "backend")
+	server := newPod(t, westCA.spiffeLeaf(t, west, "shop", "backend").bundle(),
+		map[spiffeid.TrustDomain][]byte{east: east1.anchorPEM(), west: westCA.anchorPEM()}, nil)
+	// The client's leaf comes from a second cluster of the east trust domain.
+	client := newPod(t, east2.spiffeLeaf(t, east, "shop", "frontend").bundle(),
+		map[spiffeid.TrustDomain][]byte{west: westCA.anchorPEM()}, nil)
+
+	addr := echoServer(t, server.src.ServerConfig(tlsconfig.AuthorizeMemberOf(east)))
+	cfg := client.src.ClientConfig(tlsconfig.AuthorizeID(serverID))
+	mustFail(t, addr, cfg, "")
+
+	server.update(t, workload.TrustBundleFileName(east), append(east1.anchorPEM(), east2.anchorPEM()...))
+	waitFor(t, "the east bundle with two anchors", func() bool {
+		b, err := server.src.GetX509BundleForTrustDomain(east)
+		return err == nil && len(b.X509Authorities()) == 2
+	})
+	mustDial(t, addr, cfg)
+
+	// A bad bundle keeps the two anchors.
+	server.update(t, workload.TrustBundleFileName(east), []byte("-----BEGIN CERTIFICATE-----\nAAAA"))
+	select {
+	case err := <-server.errs:
+		t.Logf("reported: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no error reported for a bad bundle")
+	}
+	mustDial(t, addr, cfg)
+}
+
+func TestDNS(t *testing.T) {
+	issuer := "https://east-1.issuer.test"
+	dnsCA := newCA(t, signers.ServiceDNSCAProfile("east-1", "cluster.local", issuer), issuer)
+	tmpl, err := signers.ServiceDNSLeaf([]string{"web.ns.svc", "web.ns.svc.cluster.local"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := dnsCA.issue(t, tmpl)
+	server := newPod(t, first.bundle(), nil, nil)
+	client := newPod(t, nil, nil, dnsCA.anchorPEM())
+
+	if _, err := server.src.GetX509SVID(); err == nil {
+		t.Error("GetX509SVID on a service-dns credential: want an error")
+	}
+	addr := echoServer(t, server.src.DNSServerConfig())
+	c := mustDial(t, addr, client.src.DNSClientConfig("web.ns.svc"))
+	if peerSerial(c).Cmp(first.serial) != 0 {
+		t.Errorf("serial %s, want %s", peerSerial(c), first.serial)
+	}
+	mustDial(t, addr, client.src.DNSClientConfig("web.ns.svc.cluster.local"))
+	mustFail(t, addr, client.src.DNSClientConfig("api.ns.svc"), "api.ns.svc")
+
+	t.Run("other CA", func(t *testing.T) {
+		otherCA := newCA(t, signers.ServiceDNSCAProfile("west-1", "cluster.local", issuer), issuer)
+		stranger := newPod(t, nil, nil, otherCA.anchorPEM())
+		mustFail(t, addr, stranger.src.DNSClientConfig("web.ns.svc"), "unknown authority")
+	})
+	t.Run("rotation", func(t *testing.T) {
+		second := dnsCA.issue(t, tmpl)
+		server.update(t, workload.CredentialBundleFileName, second.bundle())
+		waitFor(t, "new DNS certificate", func() bool {
+			return server.src.Certificate().Leaf.SerialNumber.Cmp(second.serial) == 0
+		})
+		if err := roundTrip(c, "still up"); err != nil {
+			t.Errorf("established connection: %v", err)
+		}
+		if got := peerSerial(mustDial(t, addr, client.src.DNSClientConfig("web.ns.svc"))); got.Cmp(second.serial) != 0 {
+			t.Errorf("serial %s, want %s", got, second.serial)
+		}
+	})
+	t.Run("roots reload", func(t *testing.T) {
+		otherCA := newCA(t, signers.ServiceDNSCAProfile("west-1", "cluster.local", issuer), issuer)
+		other := otherCA.issue(t, tmpl)
+		otherServer := newPod(t, other.bundle(), nil, nil)
+		otherAddr := echoServer(t, otherServer.src.DNSServerConfig())
+		cfg := client.src.DNSClientConfig("web.ns.svc")
+		mustFail(t, otherAddr, cfg, "unknown authority")
+		client.update(t, "service-dns-ca.pem", append(dnsCA.anchorPEM(), otherCA.anchorPEM()...))
+		waitFor(t, "new DNS roots", func() bool {
+			c, err := dial(t, otherAddr, cfg)
+			if err != nil {
+				return false
+			}
+			c.Close()
+			return true
+		})
+	})
+}
+
+func TestSeparateKeyAndChainFiles(t *testing.T) {
+	westCA := newSPIFFECA(t, west, "west-1")
+	l := westCA.spiffeLeaf(t, west, "shop", "backend")
+	vol := newProjected(t)
+	vol.write(t, map[string][]byte{"tls.key": l.keyPEM, "tls.crt": l.chainPEM, "ca.pem": westCA.anchorPEM()})
+	src, err := workload.New(t.Context(), workload.Options{
+		KeyFile:              vol.path("tls.key"),
+		CertificateChainFile: vol.path("tls.crt"),
+		TrustBundleFiles:     map[spiffeid.TrustDomain]string{west: vol.path("ca.pem")},
+		DisableWatch:         true,
+		RefreshInterval:      20 * time.Millisecond, // the tick alone reloads
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	svid, err := src.GetX509SVID()
+	if err != nil || svid.ID != spiffeID(west, "shop", "backend") {
+		t.Fatalf("SVID %v, %v", svid, err)
+	}
+	next := westCA.spiffeLeaf(t, west, "shop", "backend")
+	vol.write(t, map[string][]byte{"tls.key": next.keyPEM, "tls.crt": next.chainPEM, "ca.pem": westCA.anchorPEM()})
+	waitFor(t, "periodic reload", func() bool { return src.Certificate().Leaf.SerialNumber.Cmp(next.serial) == 0 })
+
+	addr := echoServer(t, src.ServerConfig(tlsconfig.AuthorizeAny()))
+	mustDial(t, addr, src.ClientConfig(tlsconfig.AuthorizeMemberOf(west)))
+	if err := src.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if err := src.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	vol := newProjected(t)
+	vol.write(t, map[string][]byte{"garbage.pem": []byte("nope")})
+	ctx := context.Background()
+	for name, opts := range map[string]workload.Options{
+		"nothing":           {},
+		"both forms":        {CredentialBundleFile: "a", KeyFile: "b", CertificateChainFile: "c"},
+		"key without chain": {KeyFile: "b"},
+		"missing file":      {CredentialBundleFile: vol.path("missing.pem")},
+		"garbage":           {CredentialBundleFile: vol.path("garbage.pem")},
+		"garbage bundle":    {TrustBundleFiles: map[spiffeid.TrustDomain]string{east: vol.path("garbage.pem")}},
+	} {
+		if src, err := workload.New(ctx, opts); err == nil {
+			src.Close()
+			t.Errorf("%s: New succeeded, want an error", name)
+		}
+	}
+}
