@@ -48,58 +48,37 @@ func TestDenials(t *testing.T) {
 		expectDenied(t, e.latest(p), "UnsupportedKeyType", "supported key types: ECDSAP256, RSA3072")
 	})
 
-	t.Run("pod UID mismatch", func(t *testing.T) {
-		p := e.runPod(pod(ns, "real", signers.SPIFFESignerName, "ECDSAP256", nil, nil))
-		e.waitIssued(p)
-		var live corev1.Pod
-		if err := e.c.Get(e.ctx, types.NamespacedName{Namespace: ns, Name: "real"}, &live); err != nil {
-			t.Fatal(err)
-		}
-		src := *live.Spec.Volumes[0].Projected.Sources[0].PodCertificate
-		req, _, err := e.sim.CreateRequest(e.ctx, &live, src, func(r *certsv1.PodCertificateRequest) { r.Spec.PodUID = "00000000-0000-0000-0000-000000000000" })
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := e.sim.WaitTerminal(e.ctx, req.Namespace, req.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		expectDenied(t, got, "PodUIDMismatch", "does not match pod deny/real")
-	})
-
-	t.Run("a service account that is not the pod's", func(t *testing.T) {
-		var live corev1.Pod
-		if err := e.c.Get(e.ctx, types.NamespacedName{Namespace: ns, Name: "real"}, &live); err != nil {
-			t.Fatal(err)
-		}
-		src := *live.Spec.Volumes[0].Projected.Sources[0].PodCertificate
-		req, _, err := e.sim.CreateRequest(e.ctx, &live, src, func(r *certsv1.PodCertificateRequest) { r.Spec.ServiceAccountName = "cluster-admin-bot" })
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := e.sim.WaitTerminal(e.ctx, req.Namespace, req.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		expectDenied(t, got, "PodMismatch", `spec.serviceAccountName "cluster-admin-bot" is not the service account of pod deny/real ("workload")`)
-	})
-
-	t.Run("a node that is not the pod's", func(t *testing.T) {
-		var live corev1.Pod
-		if err := e.c.Get(e.ctx, types.NamespacedName{Namespace: ns, Name: "real"}, &live); err != nil {
-			t.Fatal(err)
-		}
-		src := *live.Spec.Volumes[0].Projected.Sources[0].PodCertificate
-		req, _, err := e.sim.CreateRequest(e.ctx, &live, src, func(r *certsv1.PodCertificateRequest) { r.Spec.NodeName = "other-node" })
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := e.sim.WaitTerminal(e.ctx, req.Namespace, req.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		expectDenied(t, got, "PodMismatch", `spec.nodeName "other-node" is not the node of pod deny/real`)
-	})
+	// Requests for a real pod whose other fields lie, as anyone allowed to
+	// create requests (not only its node) could write them.
+	real := e.runPod(pod(ns, "real", signers.SPIFFESignerName, "ECDSAP256", nil, nil))
+	e.waitIssued(real)
+	var live corev1.Pod
+	if err := e.c.Get(e.ctx, types.NamespacedName{Namespace: ns, Name: "real"}, &live); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, reason, msg string
+		forge             func(*certsv1.PodCertificateRequest)
+	}{
+		{"pod UID mismatch", "PodUIDMismatch", "does not match pod deny/real",
+			func(r *certsv1.PodCertificateRequest) { r.Spec.PodUID = "00000000-0000-0000-0000-000000000000" }},
+		{"a service account that is not the pod's", "PodMismatch", `spec.serviceAccountName "cluster-admin-bot" is not the service account of pod deny/real ("workload")`,
+			func(r *certsv1.PodCertificateRequest) { r.Spec.ServiceAccountName = "cluster-admin-bot" }},
+		{"a node that is not the pod's", "PodMismatch", `spec.nodeName "other-node" is not the node of pod deny/real`,
+			func(r *certsv1.PodCertificateRequest) { r.Spec.NodeName = "other-node" }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _, err := e.sim.CreateRequest(e.ctx, &live, *live.Spec.Volumes[0].Projected.Sources[0].PodCertificate, tc.forge)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := e.sim.WaitTerminal(e.ctx, req.Namespace, req.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			expectDenied(t, got, tc.reason, tc.msg)
+		})
+	}
 
 	t.Run("unknown user annotation", func(t *testing.T) {
 		p := e.runPod(pod(ns, "ann", signers.SPIFFESignerName, "ECDSAP256", nil, map[string]string{"example.com/path": "/admin"}))
