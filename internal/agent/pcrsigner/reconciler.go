@@ -163,7 +163,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, key ctrl.Request) (ctrl.Resu
 		Reason:  ReasonIssued,
 		Message: fmt.Sprintf("issued by %s, valid until %s", r.Signer, issued.NotAfter.UTC().Format(time.RFC3339)),
 	})
-	if err := r.Client.Status().Update(ctx, out, client.FieldOwner(FieldManager)); err != nil {
+	if err := r.writeStatus(ctx, out); err != nil {
 		return ctrl.Result{}, ignoreGone(err)
 	}
 	if r.Metrics != nil {
@@ -255,7 +255,7 @@ func (r *Reconciler) wait(ctx context.Context, req *certsv1.PodCertificateReques
 func (r *Reconciler) finish(ctx context.Context, req *certsv1.PodCertificateRequest, pod *corev1.Pod, condType, reason, message string) error {
 	out := req.DeepCopy()
 	meta.SetStatusCondition(&out.Status.Conditions, metav1.Condition{Type: condType, Status: metav1.ConditionTrue, Reason: reason, Message: message})
-	if err := r.Client.Status().Update(ctx, out, client.FieldOwner(FieldManager)); err != nil {
+	if err := r.writeStatus(ctx, out); err != nil {
 		return ignoreGone(err)
 	}
 	ctrl.LoggerFrom(ctx).Info("request "+strings.ToLower(condType), "reason", reason, "message", message)
@@ -293,6 +293,19 @@ func EnqueuePending(requests client.Reader, sameNamespace bool) handler.EventHan
 		}
 		return out
 	})
+}
+
+// statusWriteTimeout bounds a status write that outlives its reconcile.
+const statusWriteTimeout = 10 * time.Second
+
+// writeStatus writes a request's status even when the agent is stopping:
+// a decision already made is better delivered, and known, than abandoned
+// mid-flight with its outcome unknown. The apiserver freezes the status
+// once set, so a write that lands late can never issue twice.
+func (r *Reconciler) writeStatus(ctx context.Context, req *certsv1.PodCertificateRequest) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), statusWriteTimeout)
+	defer cancel()
+	return r.Client.Status().Update(ctx, req, client.FieldOwner(FieldManager))
 }
 
 // ignoreGone drops errors after which there is nothing left to do here:
