@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -56,15 +57,9 @@ const (
 // Scheme is the agent's scheme: client-go types and mcs-api ServiceExports.
 func Scheme() *runtime.Scheme {
 	s := runtime.NewScheme()
-	utilRuntimeMust(clientgoscheme.AddToScheme(s))
-	utilRuntimeMust(mcsv1beta1.Install(s))
+	utilruntime.Must(clientgoscheme.AddToScheme(s))
+	utilruntime.Must(mcsv1beta1.Install(s))
 	return s
-}
-
-func utilRuntimeMust(err error) {
-	if err != nil {
-		panic(err)
-	}
 }
 
 // Agent is a configured member agent, ready to Start.

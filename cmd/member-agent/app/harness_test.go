@@ -77,6 +77,16 @@ func newEnv(t *testing.T) *env {
 	return &env{t: t, ctx: ctx, cluster: cluster, c: cluster.Client, sim: sim, agentCfg: agentCfg}
 }
 
+// testAgentOptions: the east agent, no listening ports, leases short
+// enough for failover tests.
+func testAgentOptions() *app.Options {
+	opts := app.NewOptions()
+	opts.ClusterName, opts.TrustDomain = "east", testTrustDomain
+	opts.MetricsBindAddress, opts.HealthProbeBindAddress = "0", "0"
+	opts.LeaderElectionLeaseDuration, opts.LeaderElectionRenewDeadline, opts.LeaderElectionRetryPeriod = 4*time.Second, 3*time.Second, 300*time.Millisecond
+	return opts
+}
+
 type runningAgent struct {
 	*app.Agent
 	stop func()
@@ -85,11 +95,7 @@ type runningAgent struct {
 // startAgent runs an agent until the test ends or stop is called.
 func (e *env) startAgent(name string, mutate func(*app.Options)) *runningAgent {
 	e.t.Helper()
-	opts := app.NewOptions()
-	opts.ClusterName = "east"
-	opts.TrustDomain = testTrustDomain
-	opts.MetricsBindAddress, opts.HealthProbeBindAddress = "0", "0"
-	opts.LeaderElectionLeaseDuration, opts.LeaderElectionRenewDeadline, opts.LeaderElectionRetryPeriod = 4*time.Second, 3*time.Second, 300*time.Millisecond
+	opts := testAgentOptions()
 	if mutate != nil {
 		mutate(opts)
 	}
@@ -238,10 +244,7 @@ func counterValue(m *dto.Metric) float64 {
 // started again a second later. It returns the number of restarts so far.
 func (e *env) superviseAgent(name string, cfg *rest.Config) func() int32 {
 	e.t.Helper()
-	opts := app.NewOptions()
-	opts.ClusterName, opts.TrustDomain = "east", testTrustDomain
-	opts.MetricsBindAddress, opts.HealthProbeBindAddress = "0", "0"
-	opts.LeaderElectionLeaseDuration, opts.LeaderElectionRenewDeadline, opts.LeaderElectionRetryPeriod = 4*time.Second, 3*time.Second, 300*time.Millisecond
+	opts := testAgentOptions()
 	log := testr.NewWithOptions(e.t, testr.Options{LogTimestamp: true}).WithName(name)
 	ctx, cancel := context.WithCancel(ctrl.LoggerInto(e.ctx, log))
 	var restarts atomic.Int32

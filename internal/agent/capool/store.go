@@ -282,24 +282,6 @@ func (s *Store) ours(name string) bool {
 	return false
 }
 
-// Save writes pool to its Secret (used by rotation); the informer then
-// loads it everywhere.
-func (s *Store) Save(ctx context.Context, pool *signers.Pool) error {
-	secret, err := poolSecret(s.Namespace, pool)
-	if err != nil {
-		return err
-	}
-	var cur corev1.Secret
-	if err := s.Client.Get(ctx, client.ObjectKeyFromObject(secret), &cur); err != nil {
-		return fmt.Errorf("reading Secret %s/%s: %w", secret.Namespace, secret.Name, err)
-	}
-	cur.Data = secret.Data
-	if err := s.Client.Update(ctx, &cur, client.FieldOwner(FieldManager)); err != nil {
-		return fmt.Errorf("updating Secret %s/%s: %w", cur.Namespace, cur.Name, err)
-	}
-	return nil
-}
-
 func poolSecret(namespace string, pool *signers.Pool) (*corev1.Secret, error) {
 	data, err := pool.Marshal()
 	if err != nil {

@@ -36,7 +36,6 @@ const (
 	ReasonPodMismatch         = "PodMismatch"
 	ReasonInvalidStubCSR      = "InvalidStubPKCS10Request"
 	ReasonCAExpiring          = "CAExpiring"
-	ReasonWaitingForCAPool    = "WaitingForCAPool"
 	FieldManager              = "anchorage-member-agent"
 	defaultPendingRetry       = 10 * time.Second
 	waitingForPoolRetry       = 10 * time.Second // PoolChanges normally re-queues sooner

@@ -7,6 +7,7 @@ import (
 
 	certsv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -34,9 +35,8 @@ type Local struct {
 	Recorder    events.EventRecorder
 	// EventObject is what failure Events are recorded against (the
 	// agent's Deployment or pod, say); nil records none.
-	EventObject  client.Object
-	applier      *Applier
-	singletonKey reconcile.Request
+	EventObject client.Object
+	applier     *Applier
 }
 
 // SetupWithManager re-publishes when a pool changes (poolChanges) or
@@ -45,10 +45,9 @@ func (l *Local) SetupWithManager(mgr ctrl.Manager, poolChanges <-chan event.Gene
 	l.applier = &Applier{Client: l.Client, Owns: func(ctb *certsv1.ClusterTrustBundle) bool {
 		return ctb.Labels[LabelSource] != SourceHub
 	}}
-	l.singletonKey = reconcile.Request{}
-	l.singletonKey.Name = "local-trust-bundles"
+	// One key for everything: each reconcile converges both bundles.
 	always := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
-		return []reconcile.Request{l.singletonKey}
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: "local-trust-bundles"}}}
 	})
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("local-trust-bundles").

@@ -32,21 +32,16 @@ import (
 
 // Join token Secrets, one per MemberCluster not yet joined.
 const (
-	TokenKey             = "token"
-	ExpiresAtAnnotation  = "hub.anchorage.dev/expires-at"
-	ClusterLabel         = "hub.anchorage.dev/cluster"
-	FieldManager         = "anchorage-hub"
-	maxAnchorsPerSigner  = 16
-	bearerPrefix         = "Bearer "
-	reasonReporting      = hubv1.ReasonReporting
-	reasonJoined         = hubv1.ReasonJoined
-	messageJoined        = "the agent joined with its join token"
-	messageReportingFmt  = "the agent reported at %s"
-	joinTokenSecretNameF = "join-%s"
+	TokenKey            = "token"
+	ExpiresAtAnnotation = "hub.anchorage.dev/expires-at"
+	ClusterLabel        = "hub.anchorage.dev/cluster"
+	FieldManager        = "anchorage-hub"
+	maxAnchorsPerSigner = 16
+	bearerPrefix        = "Bearer "
 )
 
 // JoinTokenSecretName is the Secret holding cluster's join token.
-func JoinTokenSecretName(cluster string) string { return fmt.Sprintf(joinTokenSecretNameF, cluster) }
+func JoinTokenSecretName(cluster string) string { return "join-" + cluster }
 
 // Handler serves the agent API.
 type Handler struct {
@@ -122,7 +117,7 @@ func (h *Handler) join(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := h.updateStatus(ctx, name, func(st *hubv1.MemberClusterStatus) {
 		st.JWKS = jwks
-		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: hubv1.ConditionJoined, Status: metav1.ConditionTrue, Reason: reasonJoined, Message: messageJoined})
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: hubv1.ConditionJoined, Status: metav1.ConditionTrue, Reason: hubv1.ReasonJoined, Message: "the agent joined with its join token"})
 	}); err != nil {
 		h.unavailable(w, "recording the join", err)
 		return
@@ -186,8 +181,8 @@ func (h *Handler) report(w http.ResponseWriter, r *http.Request) {
 		st.JWKS = jwks
 		st.AgentVersion = rep.AgentVersion
 		st.LastReportTime = &now
-		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: hubv1.ConditionReady, Status: metav1.ConditionTrue, Reason: reasonReporting,
-			Message: fmt.Sprintf(messageReportingFmt, now.UTC().Format(time.RFC3339))})
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: hubv1.ConditionReady, Status: metav1.ConditionTrue, Reason: hubv1.ReasonReporting,
+			Message: "the agent reported at " + now.UTC().Format(time.RFC3339)})
 	}); err != nil {
 		h.unavailable(w, "recording the report", err)
 		return
