@@ -9,12 +9,16 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	hubv1 "github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1"
@@ -45,7 +49,9 @@ func (d *Documents) SetupWithManager(mgr ctrl.Manager) error {
 		Named("hub-documents").
 		// Every replica serves reads, so every replica builds.
 		WithOptions(controller.Options{NeedLeaderElection: ptr.To(false)}).
-		Watches(&hubv1.MemberCluster{}, all).
+		Watches(&hubv1.MemberCluster{}, all, builder.WithPredicates(predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+			return servedChanged(e.ObjectOld.(*hubv1.MemberCluster), e.ObjectNew.(*hubv1.MemberCluster))
+		}})).
 		Watches(&hubv1.TrustDomain{}, all).
 		Complete(d)
 }
@@ -144,6 +150,18 @@ func (d *Documents) Reconcile(ctx context.Context, _ reconcile.Request) (reconci
 		close(d.Ready)
 	}
 	return reconcile.Result{}, nil
+}
+
+// servedChanged: whether an update touches what the documents are made of.
+// Every report rewrites lastReportTime (and may flip Ready); rebuilding
+// every member's documents for that would be work for nothing.
+func servedChanged(old, cur *hubv1.MemberCluster) bool {
+	joined := func(mc *hubv1.MemberCluster) bool {
+		return meta.IsStatusConditionTrue(mc.Status.Conditions, hubv1.ConditionJoined)
+	}
+	return !equality.Semantic.DeepEqual(old.Spec, cur.Spec) || joined(old) != joined(cur) ||
+		old.Status.JWKS != cur.Status.JWKS || old.Status.AnchorsSequence != cur.Status.AnchorsSequence ||
+		!equality.Semantic.DeepEqual(old.Status.Anchors, cur.Status.Anchors)
 }
 
 // parseSPIFFEBundle reads a bundle fetched from an external endpoint.
