@@ -25,6 +25,12 @@ type Option func(*mainOptions)
 
 type mainOptions struct {
 	logTo func() (io.Writer, error)
+	args  []string
+}
+
+// Args parses args instead of the process's arguments (a subcommand's).
+func Args(args []string) Option {
+	return func(m *mainOptions) { m.args = args }
 }
 
 // LogTo sends the components' logs to the writer f returns (called after
@@ -46,7 +52,11 @@ func Main(name string, opts Options, run func(ctx context.Context) error, option
 	logFlags := flag.NewFlagSet("log", flag.ContinueOnError)
 	zapOpts.BindFlags(logFlags)
 	fs.AddGoFlagSet(logFlags)
-	_ = fs.Parse(os.Args[1:])
+	args := os.Args[1:]
+	if mo.args != nil {
+		args = mo.args
+	}
+	_ = fs.Parse(args)
 	if mo.logTo != nil {
 		w, err := mo.logTo()
 		if err != nil {

@@ -28,6 +28,7 @@ import (
 	"github.com/anchorage-dev/anchorage/internal/manifests"
 	hubv1 "github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1"
 	"github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1/crds"
+	"github.com/anchorage-dev/anchorage/pkg/federation"
 )
 
 // Hub is a hub cluster and its first hub replica.
@@ -144,7 +145,11 @@ type MemberOptions struct {
 	Agent []func(*agentapp.Options)
 	// Reported is called after every report to the hub.
 	Reported func()
-	Log      logr.Logger
+	// Applied is called with every bundle set the agent applied and acked.
+	Applied func(*federation.BundleSet)
+	// Spec adjusts the MemberCluster (federatesWith, clusterSet).
+	Spec func(*hubv1.MemberClusterSpec)
+	Log  logr.Logger
 }
 
 // AddMember registers a member with the hub, starts its apiserver with the
@@ -152,8 +157,11 @@ type MemberOptions struct {
 // starts its agent (authenticated as the member-agent ServiceAccount).
 func (h *Hub) AddMember(ctx context.Context, o MemberOptions) (*Member, error) {
 	issuer := h.URL + "/clusters/" + o.Name
-	if err := h.Cluster.Client.Create(ctx, &hubv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: o.Name},
-		Spec: hubv1.MemberClusterSpec{Issuer: issuer, TrustDomain: o.TrustDomain}}); err != nil {
+	spec := hubv1.MemberClusterSpec{Issuer: issuer, TrustDomain: o.TrustDomain}
+	if o.Spec != nil {
+		o.Spec(&spec)
+	}
+	if err := h.Cluster.Client.Create(ctx, &hubv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: o.Name}, Spec: spec}); err != nil {
 		return nil, fmt.Errorf("registering %s: %w", o.Name, err)
 	}
 	cl, err := localcluster.Start(ctx, localcluster.Options{Name: o.Name, Issuer: issuer, Scheme: agentapp.Scheme(), DataDir: dataDir(o.Dir, o.Name)})
@@ -208,7 +216,7 @@ func (h *Hub) join(ctx context.Context, m *Member, o MemberOptions) error {
 		agentapp.WithHubToken(func(ctx context.Context) (string, error) {
 			return m.Cluster.Token(ctx, "anchorage-system", "member-agent", []string{h.URL}, 10*time.Minute)
 		}),
-		agentapp.WithReported(reported))
+		agentapp.WithReported(reported), agentapp.WithApplied(o.Applied))
 	if err != nil {
 		cancel()
 		return err

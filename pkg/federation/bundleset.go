@@ -15,7 +15,8 @@ import (
 // hub knows.
 const FederatesWithAll = "*"
 
-// Member is what the bundle-set computation needs to know of a member.
+// Member is what the bundle-set computation needs to know of a joined
+// member.
 type Member struct {
 	Name        string
 	TrustDomain string
@@ -25,6 +26,8 @@ type Member struct {
 	ClusterSet bool
 	// Anchors per signer name, as the member reported them.
 	Anchors map[string][]*x509.Certificate
+	// AppliedDigest is the BundlesDigest the agent last acked ("" if none).
+	AppliedDigest string
 }
 
 // External is a trust domain outside the hub (a TrustDomain object).
@@ -33,99 +36,168 @@ type External struct {
 	Anchors     []*x509.Certificate
 }
 
-// Bundle is one ClusterTrustBundle a member's agent applies.
-type Bundle struct {
-	Name        string            `json:"name"`
-	SignerName  string            `json:"signerName"`
-	Labels      map[string]string `json:"labels"`
-	TrustBundle string            `json:"trustBundle"`
-}
-
-// BundleSet is everything a member must trust from the hub, with the
-// member's monotonic sequence.
-type BundleSet struct {
-	Sequence int64    `json:"sequence"`
-	Bundles  []Bundle `json:"bundles"`
-}
-
-// Desired returns the federated bundles self must hold, sorted by name:
-//   - for its own trust domain, when other clusters share it, their SPIFFE
-//     anchors (its own are in its local bundle; a pod selecting the trust
-//     domain gets both, the kubelet merging them);
+// Sets computes every member's bundle set (Sequence left zero: the hub
+// assigns sequences). Each set holds:
+//   - for the member's own trust domain, when other clusters share it, their
+//     SPIFFE anchors (its own are in its local bundle; a pod selecting the
+//     trust domain gets both, the kubelet merging them);
 //   - for each trust domain it federates with, the SPIFFE anchors of every
-//     member in it and of an external TrustDomain of that name;
+//     member in it, or of an external TrustDomain of that name when no
+//     member has it;
 //   - when it is in the clusterset, every clusterset member's service-dns
 //     anchors, its own included (a clusterset name may resolve to any
-//     cluster, this one too).
+//     cluster, this one too);
+//   - the state of its own anchors: Distributed once every member whose set
+//     holds the anchor has acked that set (the gate of CA promotion).
 //
 // Members without anchors add nothing; a bundle with no anchor is left out
 // (the API rejects an empty bundle, and its absence removes the object).
-func Desired(self Member, members []Member, external []External) []Bundle {
-	spiffe := map[string][]*x509.Certificate{} // trust domain -> anchors, in member name order
+// Cost: linear in members plus the bundles handed out, so that a change
+// reaching a thousand members is computed in milliseconds.
+func Sets(members []Member, external []External) map[string]BundleSet {
 	byName := slices.Clone(members)
 	sort.Slice(byName, func(i, j int) bool { return byName[i].Name < byName[j].Name })
+
+	// Trust domain -> its clusters' SPIFFE anchors, in member name order.
+	type contribution struct {
+		member  string
+		anchors []*x509.Certificate
+	}
+	spiffe := map[string][]contribution{}
 	for _, m := range byName {
-		if m.Name == self.Name {
-			continue
-		}
-		spiffe[m.TrustDomain] = append(spiffe[m.TrustDomain], m.Anchors[signers.SPIFFESignerName]...)
+		spiffe[m.TrustDomain] = append(spiffe[m.TrustDomain], contribution{m.Name, m.Anchors[signers.SPIFFESignerName]})
 	}
 	for _, x := range external {
-		if _, member := spiffe[x.TrustDomain]; member || x.TrustDomain == self.TrustDomain {
-			continue // a trust domain of the hub's members is theirs alone
+		if _, member := spiffe[x.TrustDomain]; !member {
+			spiffe[x.TrustDomain] = []contribution{{"", x.Anchors}} // a member trust domain is theirs alone
 		}
-		spiffe[x.TrustDomain] = append(spiffe[x.TrustDomain], x.Anchors...)
 	}
+	allTDs := make([]string, 0, len(spiffe))
+	for td := range spiffe {
+		allTDs = append(allTDs, td)
+	}
+	sort.Strings(allTDs)
 
-	wanted := map[string]bool{self.TrustDomain: true}
-	for _, td := range self.FederatesWith {
-		if td == FederatesWithAll {
-			for t := range spiffe {
-				wanted[t] = true
+	// Bundles shared by many members are built once.
+	type built struct {
+		bundle  Bundle
+		anchors []*x509.Certificate
+	}
+	peerCache := map[[2]string]*built{} // (workload td, peer td) -> bundle
+	spiffeBundle := func(self Member, peer string) *built {
+		shared := peer != self.TrustDomain // one's own trust domain excludes one's own anchors
+		if b, ok := peerCache[[2]string{self.TrustDomain, peer}]; ok && shared {
+			return b
+		}
+		var anchors []*x509.Certificate
+		for _, c := range spiffe[peer] {
+			if c.member != self.Name {
+				anchors = append(anchors, c.anchors...)
 			}
-			continue
 		}
-		wanted[td] = true
-	}
-
-	var out []Bundle
-	for td, anchors := range spiffe {
-		if !wanted[td] || len(anchors) == 0 {
-			continue
+		if len(anchors) == 0 {
+			return nil
 		}
-		out = append(out, Bundle{
-			Name:       TrustDomainBundleName(td),
+		anchors = dedup(anchors)
+		b := &built{anchors: anchors, bundle: Bundle{
+			Name:       TrustDomainBundleName(peer),
 			SignerName: signers.SPIFFESignerName,
 			Labels: map[string]string{
-				LabelCanarying: CanaryingLive, LabelWorkloadTrustDomain: self.TrustDomain, LabelPeerTrustDomain: td, LabelSource: SourceHub,
+				LabelCanarying: CanaryingLive, LabelWorkloadTrustDomain: self.TrustDomain, LabelPeerTrustDomain: peer, LabelSource: SourceHub,
 			},
-			TrustBundle: string(signers.EncodeCertificatesPEM(dedup(anchors))),
-		})
+			TrustBundle: string(signers.EncodeCertificatesPEM(anchors)),
+		}}
+		if shared {
+			peerCache[[2]string{self.TrustDomain, peer}] = b
+		}
+		return b
 	}
-	if self.ClusterSet {
+	var clusterset *built
+	{
 		var dns []*x509.Certificate
 		for _, m := range byName {
-			if m.ClusterSet || m.Name == self.Name {
+			if m.ClusterSet {
 				dns = append(dns, m.Anchors[signers.ServiceDNSSignerName]...)
 			}
 		}
 		if len(dns) > 0 {
-			out = append(out, Bundle{
+			dns = dedup(dns)
+			clusterset = &built{anchors: dns, bundle: Bundle{
 				Name:        ClustersetBundleName(),
 				SignerName:  signers.ServiceDNSSignerName,
 				Labels:      map[string]string{LabelServiceDNSScope: ScopeClusterset, LabelSource: SourceHub},
-				TrustBundle: string(signers.EncodeCertificatesPEM(dedup(dns))),
-			})
+				TrustBundle: string(signers.EncodeCertificatesPEM(dns)),
+			}}
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+
+	out := make(map[string]BundleSet, len(byName))
+	// pending: anchors held by a set its member has not acked yet.
+	pending := map[string]bool{}
+	for _, m := range byName {
+		wanted := map[string]bool{m.TrustDomain: true}
+		for _, td := range m.FederatesWith {
+			if td == FederatesWithAll {
+				for _, t := range allTDs {
+					wanted[t] = true
+				}
+				continue
+			}
+			wanted[td] = true
+		}
+		var parts []*built
+		for _, td := range allTDs {
+			if !wanted[td] {
+				continue
+			}
+			if b := spiffeBundle(m, td); b != nil {
+				parts = append(parts, b)
+			}
+		}
+		if m.ClusterSet && clusterset != nil {
+			parts = append(parts, clusterset)
+		}
+		set := BundleSet{ClusterSet: m.ClusterSet, Bundles: make([]Bundle, 0, len(parts))}
+		for _, p := range parts {
+			set.Bundles = append(set.Bundles, p.bundle)
+		}
+		sort.Slice(set.Bundles, func(i, j int) bool { return set.Bundles[i].Name < set.Bundles[j].Name })
+		if m.AppliedDigest != BundlesDigest(set.Bundles) {
+			for _, p := range parts {
+				for _, a := range p.anchors {
+					pending[string(a.Raw)] = true
+				}
+			}
+		}
+		out[m.Name] = set
+	}
+	for _, m := range byName {
+		set := out[m.Name]
+		for _, signer := range signers.SignerNames() {
+			for _, a := range m.Anchors[signer] {
+				set.Anchors = append(set.Anchors, AnchorStatus{Signer: signer, SubjectKeyID: hex.EncodeToString(a.SubjectKeyId), Distributed: !pending[string(a.Raw)]})
+			}
+		}
+		out[m.Name] = set
+	}
 	return out
 }
 
-// Digest identifies a bundle list: the hub bumps a member's sequence only
-// when it changes.
-func Digest(bundles []Bundle) string {
-	raw, _ := json.Marshal(bundles) // maps marshal with sorted keys
+// BundlesDigest identifies a bundle list; the agent acks the digest of
+// what it applied.
+func BundlesDigest(bundles []Bundle) string {
+	return digest(bundles)
+}
+
+// Digest identifies a bundle set's content, its sequence aside: the hub
+// bumps a member's sequence only when it changes.
+func (s BundleSet) Digest() string {
+	s.Sequence = 0
+	return digest(s)
+}
+
+func digest(v any) string {
+	raw, _ := json.Marshal(v) // maps marshal with sorted keys
 	sum := sha256.Sum256(raw)
 	return hex.EncodeToString(sum[:])
 }

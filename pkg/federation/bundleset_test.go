@@ -2,6 +2,7 @@ package federation
 
 import (
 	"crypto/x509"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -43,7 +44,11 @@ func anchorsOf(t *testing.T, b Bundle) []*x509.Certificate {
 	return certs
 }
 
-func TestDesired(t *testing.T) {
+func desired(name string, members []Member, external []External) []Bundle {
+	return Sets(members, external)[name].Bundles
+}
+
+func TestSets(t *testing.T) {
 	east := member(t, "east", "east.example", true, "west.example")
 	east2 := member(t, "east-2", "east.example", true)
 	west := member(t, "west", "west.example", true)
@@ -53,7 +58,7 @@ func TestDesired(t *testing.T) {
 	all := []Member{west, east, east2, north, empty}
 
 	t.Run("own trust domain, federatesWith and the clusterset", func(t *testing.T) {
-		got := Desired(east, all, []External{spire})
+		got := desired(east.Name, all, []External{spire})
 		want := []string{"anchorage.dev:service-dns:clusterset", "anchorage.dev:spiffe:td-east.example", "anchorage.dev:spiffe:td-west.example"}
 		if !slices.Equal(names(got), want) {
 			t.Fatalf("bundles %v, want %v", names(got), want)
@@ -75,7 +80,7 @@ func TestDesired(t *testing.T) {
 	})
 
 	t.Run("* federates with every trust domain, external ones included; no clusterset", func(t *testing.T) {
-		got := Desired(north, all, []External{spire})
+		got := desired(north.Name, all, []External{spire})
 		want := []string{"anchorage.dev:spiffe:td-east.example", "anchorage.dev:spiffe:td-spire.example", "anchorage.dev:spiffe:td-west.example"}
 		if !slices.Equal(names(got), want) {
 			t.Fatalf("bundles %v, want %v", names(got), want)
@@ -86,7 +91,7 @@ func TestDesired(t *testing.T) {
 	})
 
 	t.Run("a trust domain not federated with is absent", func(t *testing.T) {
-		got := Desired(west, all, []External{spire})
+		got := desired(west.Name, all, []External{spire})
 		if slices.Contains(names(got), "anchorage.dev:spiffe:td-east.example") || slices.Contains(names(got), "anchorage.dev:spiffe:td-spire.example") {
 			t.Errorf("west federates with nobody: %v", names(got))
 		}
@@ -94,7 +99,7 @@ func TestDesired(t *testing.T) {
 
 	t.Run("an external trust domain never overrides a member's", func(t *testing.T) {
 		fake := External{TrustDomain: "west.example", Anchors: []*x509.Certificate{newAnchor(t, "west.example")}}
-		got := Desired(east, all, []External{fake})
+		got := desired(east.Name, all, []External{fake})
 		w := got[slices.Index(names(got), "anchorage.dev:spiffe:td-west.example")]
 		if a := anchorsOf(t, w); len(a) != 1 || !a[0].Equal(west.Anchors[signers.SPIFFESignerName][0]) {
 			t.Error("west.example must hold only the member west's anchor")
@@ -103,13 +108,13 @@ func TestDesired(t *testing.T) {
 
 	t.Run("deterministic, and the digest follows the content", func(t *testing.T) {
 		shuffled := []Member{north, east2, empty, east, west}
-		a, b := Desired(east, all, []External{spire}), Desired(east, shuffled, []External{spire})
-		if Digest(a) != Digest(b) {
+		a, b := desired(east.Name, all, []External{spire}), desired(east.Name, shuffled, []External{spire})
+		if BundlesDigest(a) != BundlesDigest(b) {
 			t.Error("member order changed the answer")
 		}
 		west2 := west
 		west2.Anchors = map[string][]*x509.Certificate{signers.SPIFFESignerName: {newAnchor(t, "west.example")}}
-		if Digest(Desired(east, []Member{east, east2, west2, north}, nil)) == Digest(a) {
+		if BundlesDigest(desired(east.Name, []Member{east, east2, west2, north}, nil)) == BundlesDigest(a) {
 			t.Error("a changed anchor did not change the digest")
 		}
 	})
@@ -117,11 +122,71 @@ func TestDesired(t *testing.T) {
 	t.Run("duplicate anchors are merged", func(t *testing.T) {
 		dup := east2
 		dup.Name = "east-3"
-		got := Desired(east, []Member{east, east2, dup}, nil)
+		got := desired(east.Name, []Member{east, east2, dup}, nil)
 		if a := anchorsOf(t, got[slices.Index(names(got), "anchorage.dev:spiffe:td-east.example")]); len(a) != 1 {
 			t.Errorf("%d anchors; the API rejects duplicates in one bundle", len(a))
 		}
 	})
+}
+
+func TestSetsAnchorDistribution(t *testing.T) {
+	east := member(t, "east", "east.example", true, "west.example")
+	west := member(t, "west", "west.example", true)
+	north := member(t, "north", "north.example", false) // trusts nobody, so it never holds up anyone
+	all := func() []Member { return []Member{east, west, north} }
+	distributed := func(sets map[string]BundleSet, name string) map[string]bool {
+		out := map[string]bool{}
+		for _, a := range sets[name].Anchors {
+			out[a.Signer] = a.Distributed
+		}
+		return out
+	}
+
+	sets := Sets(all(), nil)
+	// Nobody acked: west's SPIFFE anchor is in east's set, both service-dns
+	// anchors are in both clusterset bundles.
+	want := map[string]bool{signers.SPIFFESignerName: false, signers.ServiceDNSSignerName: false}
+	if got := distributed(sets, "west"); !maps.Equal(got, want) {
+		t.Errorf("west before any ack: %v, want %v", got, want)
+	}
+	// east's SPIFFE anchor is in nobody's set (west does not federate back).
+	if got := distributed(sets, "east"); !got[signers.SPIFFESignerName] || got[signers.ServiceDNSSignerName] {
+		t.Errorf("east before any ack: %v", got)
+	}
+	if got := distributed(sets, "north"); !got[signers.SPIFFESignerName] || !got[signers.ServiceDNSSignerName] {
+		t.Errorf("north is in nobody's set: %v", got)
+	}
+
+	east.AppliedDigest = BundlesDigest(sets["east"].Bundles)
+	sets = Sets(all(), nil)
+	if got := distributed(sets, "west"); !got[signers.SPIFFESignerName] || got[signers.ServiceDNSSignerName] {
+		t.Errorf("east acked, west not: west's SPIFFE anchor is everywhere, its service-dns one waits for west's own ack: %v", got)
+	}
+	west.AppliedDigest = BundlesDigest(sets["west"].Bundles)
+	sets = Sets(all(), nil)
+	for _, m := range []string{"east", "west", "north"} {
+		for s, ok := range distributed(sets, m) {
+			if !ok {
+				t.Errorf("all acked, %s's %s anchor still pending", m, s)
+			}
+		}
+	}
+
+	// A new anchor in west: east's bundles change, its old ack no longer
+	// covers them, so the new anchor waits; the answer to west says so.
+	next := newAnchor(t, "west.example")
+	west.Anchors = map[string][]*x509.Certificate{signers.SPIFFESignerName: {west.Anchors[signers.SPIFFESignerName][0], next}, signers.ServiceDNSSignerName: west.Anchors[signers.ServiceDNSSignerName]}
+	sets = Sets(all(), nil)
+	if a := sets["west"].Anchors; len(a) != 3 || a[1].Distributed || a[1].SubjectKeyID != fmt.Sprintf("%x", next.SubjectKeyId) {
+		t.Errorf("new anchor: %+v", a)
+	}
+	if !sets["west"].ClusterSet || sets["north"].ClusterSet {
+		t.Error("clusterSet membership")
+	}
+	// Sequences aside, the digest tells content apart.
+	if sets["west"].Digest() == Sets([]Member{east, member(t, "west", "west.example", true), north}, nil)["west"].Digest() {
+		t.Error("digest ignores the anchors")
+	}
 }
 
 func TestTrustDomainBundleName(t *testing.T) {

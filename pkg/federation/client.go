@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 )
 
@@ -43,30 +44,59 @@ func IsStatus(err error, code int) bool {
 
 // Join presents the join token and the cluster's JWKS.
 func (c *Client) Join(ctx context.Context, req JoinRequest) error {
-	return c.do(ctx, http.MethodPost, JoinPath, req, false)
+	_, _, err := c.do(ctx, http.MethodPost, JoinPath, req, true, false)
+	return err
 }
 
 // Report sends the cluster's anchors and JWKS, authenticated with the
 // agent's service-account token.
 func (c *Client) Report(ctx context.Context, r Report) error {
-	return c.do(ctx, http.MethodPut, ReportPath, r, true)
+	_, _, err := c.do(ctx, http.MethodPut, ReportPath, r, true, true)
+	return err
 }
 
-func (c *Client) do(ctx context.Context, method, path string, body any, auth bool) error {
-	data, err := json.Marshal(body)
-	if err != nil {
-		return err
+// Bundles long-polls the member's bundle set: it returns as soon as the
+// hub's sequence differs from after, or (nil, nil) when the hub had nothing
+// new within its poll time. Bound ctx above the hub's poll time (60 s).
+func (c *Client) Bundles(ctx context.Context, after int64) (*BundleSet, error) {
+	code, raw, err := c.do(ctx, http.MethodGet, BundlesPath+"?after="+strconv.FormatInt(after, 10), nil, false, true)
+	if err != nil || code == http.StatusNoContent {
+		return nil, err
+	}
+	var set BundleSet
+	if err := json.Unmarshal(raw, &set); err != nil {
+		return nil, fmt.Errorf("decoding the hub's bundle set: %w", err)
+	}
+	return &set, nil
+}
+
+// Ack confirms the bundle set of that sequence and digest is applied.
+func (c *Client) Ack(ctx context.Context, a Ack) error {
+	_, _, err := c.do(ctx, http.MethodPost, AckPath, a, true, true)
+	return err
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body any, hasBody, auth bool) (int, []byte, error) {
+	var rd io.Reader
+	if hasBody {
+		data, err := json.Marshal(body)
+		if err != nil {
+			return 0, nil, err
+		}
+		rd = bytes.NewReader(data)
 	}
 	u := strings.TrimSuffix(c.HubURL, "/") + APIPrefix + url.PathEscape(c.Cluster) + "/" + path
-	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(data))
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
-	req.Header.Set("Content-Type", "application/json")
+	if hasBody {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	if auth {
 		tok, err := c.Token(ctx)
 		if err != nil {
-			return fmt.Errorf("getting the agent's token for the hub: %w", err)
+			return 0, nil, fmt.Errorf("getting the agent's token for the hub: %w", err)
 		}
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
@@ -76,16 +106,22 @@ func (c *Client) do(ctx context.Context, method, path string, body any, auth boo
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("calling the hub at %s: %w", c.HubURL, err)
+		return 0, nil, fmt.Errorf("calling the hub at %s: %w", c.HubURL, err)
 	}
 	defer resp.Body.Close()
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, MaxAnswerBytes+1))
+	if err != nil {
+		return 0, nil, fmt.Errorf("reading the hub's answer: %w", err)
+	}
+	if len(raw) > MaxAnswerBytes {
+		return 0, nil, fmt.Errorf("the hub's answer is over %d bytes", MaxAnswerBytes)
+	}
 	if resp.StatusCode/100 == 2 {
-		return nil
+		return resp.StatusCode, raw, nil
 	}
 	var e Error
 	if json.Unmarshal(raw, &e) != nil || e.Error == "" {
 		e.Error = strings.TrimSpace(string(raw))
 	}
-	return &StatusError{Code: resp.StatusCode, Message: e.Error}
+	return resp.StatusCode, nil, &StatusError{Code: resp.StatusCode, Message: e.Error}
 }

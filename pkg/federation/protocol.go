@@ -4,14 +4,20 @@ import "encoding/json"
 
 // Paths of the agent API, under the hub URL.
 const (
-	APIPrefix  = "/apis/v1/members/"
-	JoinPath   = "join"
-	ReportPath = "report"
+	APIPrefix   = "/apis/v1/members/"
+	JoinPath    = "join"
+	ReportPath  = "report"
+	BundlesPath = "bundles"
+	AckPath     = "ack"
 )
 
 // MaxBodyBytes bounds every agent request body: anchors of two signers
 // (ClusterTrustBundles cap at 1 MiB each) and a JWKS fit well inside.
 const MaxBodyBytes = 3 << 20
+
+// MaxAnswerBytes bounds what the agent reads of a hub answer: a bundle set
+// of many trust domains, each under the ClusterTrustBundle limit of 1 MiB.
+const MaxAnswerBytes = 64 << 20
 
 // JoinRequest is the agent's first call: the single-use join token the hub
 // wrote for this cluster, and the cluster's service-account JWKS, which
@@ -33,4 +39,44 @@ type Report struct {
 // Error is every error body of the hub.
 type Error struct {
 	Error string `json:"error"`
+}
+
+// BundleSet is the hub's answer to a member's long poll: everything the
+// member must trust from the hub, with the member's sequence.
+type BundleSet struct {
+	// Sequence grows each time the content changes, and only then.
+	Sequence int64 `json:"sequence"`
+	// Bundles are the ClusterTrustBundles to hold, sorted by name. A
+	// federated bundle not listed is deleted.
+	Bundles []Bundle `json:"bundles"`
+	// ClusterSet: the member is an accepted clusterset member and issues
+	// clusterset.local names.
+	ClusterSet bool `json:"clusterSet"`
+	// Anchors are the member's own anchors as the hub has them, and whether
+	// every member trusting each has applied it.
+	Anchors []AnchorStatus `json:"anchors"`
+}
+
+// Bundle is one ClusterTrustBundle a member's agent applies.
+type Bundle struct {
+	Name        string            `json:"name"`
+	SignerName  string            `json:"signerName"`
+	Labels      map[string]string `json:"labels"`
+	TrustBundle string            `json:"trustBundle"`
+}
+
+// AnchorStatus says whether one of the member's anchors has reached every
+// member that trusts it: a `next` CA is promoted only once it has.
+type AnchorStatus struct {
+	Signer string `json:"signer"`
+	// SubjectKeyID of the anchor, lowercase hex.
+	SubjectKeyID string `json:"subjectKeyID"`
+	Distributed  bool   `json:"distributed"`
+}
+
+// Ack is the agent's confirmation that it applied a bundle set.
+type Ack struct {
+	Sequence int64 `json:"sequence"`
+	// BundlesDigest is BundlesDigest of the bundles applied.
+	BundlesDigest string `json:"bundlesDigest"`
 }

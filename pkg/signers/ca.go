@@ -76,6 +76,9 @@ type CA struct {
 	// RetiredAt is when the CA stopped signing; it stays published until
 	// every leaf it signed has expired.
 	RetiredAt time.Time
+	// AddedAt is when the CA joined the pool as next (zero for a pool's
+	// first CA): promotion waits a minimum time after it.
+	AddedAt time.Time
 }
 
 // Anchor is the trust anchor verifiers need for leaves of this CA.

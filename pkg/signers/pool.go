@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -79,6 +80,79 @@ func (p *Pool) Validate() error {
 	return err
 }
 
+// Next returns the CA waiting to be promoted, or nil.
+func (p *Pool) Next() *CA {
+	for _, ca := range p.CAs {
+		if ca.State == StateNext {
+			return ca
+		}
+	}
+	return nil
+}
+
+// WithNext returns a copy of the pool with ca added as next, published
+// from now on. A pool holds at most one next CA.
+func (p *Pool) WithNext(ca *CA, now time.Time) (*Pool, error) {
+	if p.Next() != nil {
+		return nil, fmt.Errorf("the %s pool already has a next CA (%s): promote or abort that rotation first", p.Signer, p.Next().SKID())
+	}
+	c := *ca
+	c.State, c.AddedAt = StateNext, now.UTC()
+	out := p.clone()
+	out.CAs = append(out.CAs, &c)
+	return out, nil
+}
+
+// Promoted returns a copy of the pool where next signs and the active CA
+// is retired at now (published until its last leaf expires).
+func (p *Pool) Promoted(now time.Time) (*Pool, error) {
+	if p.Next() == nil {
+		return nil, fmt.Errorf("the %s pool has no next CA to promote", p.Signer)
+	}
+	out := p.clone()
+	for i, ca := range out.CAs {
+		c := *ca
+		switch ca.State {
+		case StateActive:
+			c.State, c.RetiredAt = StateRetired, now.UTC()
+		case StateNext:
+			c.State = StateActive
+		}
+		out.CAs[i] = &c
+	}
+	return out, nil
+}
+
+// WithoutNext returns a copy of the pool without its next CA (an aborted
+// rotation).
+func (p *Pool) WithoutNext() *Pool {
+	out := p.clone()
+	out.CAs = slices.DeleteFunc(out.CAs, func(ca *CA) bool { return ca.State == StateNext })
+	return out
+}
+
+// Pruned returns a copy without the retired CAs whose leaves have all
+// expired at now, and whether any was dropped.
+func (p *Pool) Pruned(now time.Time) (*Pool, bool) {
+	out := p.clone()
+	out.CAs = slices.DeleteFunc(out.CAs, func(ca *CA) bool {
+		return ca.State == StateRetired && !now.Before(ca.RetiredAt.Add(MaxLeafLifetime))
+	})
+	return out, len(out.CAs) != len(p.CAs)
+}
+
+func (p *Pool) clone() *Pool {
+	return &Pool{Signer: p.Signer, CAs: slices.Clone(p.CAs)}
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
 // poolJSON is the persisted form (the agent keeps it in a Secret).
 type poolJSON struct {
 	Signer string   `json:"signer"`
@@ -92,6 +166,7 @@ type caJSON struct {
 	// PrivateKey: PKCS#8 PEM.
 	PrivateKey string     `json:"privateKey"`
 	RetiredAt  *time.Time `json:"retiredAt,omitempty"`
+	AddedAt    *time.Time `json:"addedAt,omitempty"`
 }
 
 // Marshal encodes the pool, private keys included.
@@ -107,10 +182,7 @@ func (p *Pool) Marshal() ([]byte, error) {
 			Certificates: string(EncodeCertificatesPEM(append([]*x509.Certificate{ca.Certificate}, ca.Chain...))),
 			PrivateKey:   string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})),
 		}
-		if !ca.RetiredAt.IsZero() {
-			t := ca.RetiredAt.UTC()
-			c.RetiredAt = &t
-		}
+		c.RetiredAt, c.AddedAt = timePtr(ca.RetiredAt), timePtr(ca.AddedAt)
 		out.CAs = append(out.CAs, c)
 	}
 	return json.MarshalIndent(out, "", "  ")
@@ -135,6 +207,9 @@ func UnmarshalPool(data []byte) (*Pool, error) {
 		ca := &CA{State: c.State, Certificate: certs[0], Chain: certs[1:], Key: key}
 		if c.RetiredAt != nil {
 			ca.RetiredAt = *c.RetiredAt
+		}
+		if c.AddedAt != nil {
+			ca.AddedAt = *c.AddedAt
 		}
 		p.CAs = append(p.CAs, ca)
 	}

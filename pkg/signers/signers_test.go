@@ -415,6 +415,63 @@ func TestPoolRotationStatesAndPersistence(t *testing.T) {
 	}
 }
 
+// Rotation as the agent drives it: next added, promoted (the old CA
+// retires), pruned once its leaves expired; an aborted rotation drops next.
+// Every step returns a new pool and leaves the one in use untouched.
+func TestPoolRotationSteps(t *testing.T) {
+	prof := SPIFFECAProfile("east", td.Name(), issuer)
+	p := newPool(t, prof, "ca-p256")
+	ca2, err := NewCA(testEnv(t0), prof, key(t, "ca2-p256"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Promoted(t0); err == nil {
+		t.Error("promoted without a next CA")
+	}
+	added, err := p.WithNext(ca2, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.CAs) != 1 || added.Next() == nil || !added.Next().AddedAt.Equal(t0) || added.Next().State != StateNext {
+		t.Fatalf("WithNext: original %d CAs, next %+v", len(p.CAs), added.Next())
+	}
+	if _, err := added.WithNext(ca2, t0); err == nil {
+		t.Error("a second next CA accepted")
+	}
+	if aborted := added.WithoutNext(); len(aborted.CAs) != 1 || aborted.Next() != nil {
+		t.Error("abort kept the next CA")
+	}
+
+	t1 := t0.Add(time.Hour)
+	promoted, err := added.Promoted(t1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := promoted.Active(); !a.Certificate.Equal(ca2.Certificate) {
+		t.Error("next not active after promotion")
+	}
+	if old := promoted.CAs[0]; old.State != StateRetired || !old.RetiredAt.Equal(t1) || added.CAs[0].State != StateActive {
+		t.Errorf("old CA %s retired at %v; the pool in use must not change", old.State, old.RetiredAt)
+	}
+	data, err := promoted.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := UnmarshalPool(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !back.CAs[1].AddedAt.Equal(t0) || !back.CAs[0].RetiredAt.Equal(t1) {
+		t.Error("addedAt or retiredAt lost in the round trip")
+	}
+	if _, dropped := promoted.Pruned(t1.Add(MaxLeafLifetime - time.Second)); dropped {
+		t.Error("retired CA pruned while its leaves may live")
+	}
+	if pruned, dropped := promoted.Pruned(t1.Add(MaxLeafLifetime)); !dropped || len(pruned.CAs) != 1 || pruned.CAs[0].State != StateActive {
+		t.Error("retired CA not pruned after its last leaf expired")
+	}
+}
+
 // An operator's intermediate under their own root: leaves chain through
 // the intermediate and the root is the published anchor.
 func TestImportCA(t *testing.T) {

@@ -116,13 +116,15 @@ func poll(t *testing.T, d time.Duration, what string, cond func() bool) {
 type memberEnv struct {
 	cl   *localcluster.Cluster
 	stop func()
+	m    *sandbox.Member
 }
 
 // startMember starts a member cluster under the hub and its agent, joined
 // the way an operator joins it (internal/sandbox).
-func (e *hubEnv) startMember(name, trustDomain string) *memberEnv {
+func (e *hubEnv) startMember(name, trustDomain string, federatesWith ...string) *memberEnv {
 	e.t.Helper()
 	m, err := e.sb.AddMember(e.ctx, sandbox.MemberOptions{Name: name, TrustDomain: trustDomain, Dir: e.t.TempDir(), Log: testr.New(e.t),
+		Spec: func(s *hubv1.MemberClusterSpec) { s.FederatesWith = federatesWith },
 		Agent: []func(*agentapp.Options){func(o *agentapp.Options) {
 			o.ReportInterval = time.Second
 			o.LeaderElectionLeaseDuration, o.LeaderElectionRenewDeadline, o.LeaderElectionRetryPeriod = 4*time.Second, 3*time.Second, 300*time.Millisecond
@@ -131,7 +133,7 @@ func (e *hubEnv) startMember(name, trustDomain string) *memberEnv {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(m.Stop)
-	return &memberEnv{cl: m.Cluster, stop: m.StopAgent}
+	return &memberEnv{cl: m.Cluster, stop: m.StopAgent, m: m}
 }
 
 func httpsClient(t *testing.T, caFile string) *http.Client {

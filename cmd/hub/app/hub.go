@@ -64,6 +64,7 @@ func Scheme() *runtime.Scheme {
 type Hub struct {
 	Manager  manager.Manager
 	Store    *oidcbundle.Store
+	Sets     *members.BundleSets
 	Registry *prometheus.Registry
 	// CAFile is the development CA written for clients, when the hub made
 	// its own certificate.
@@ -109,7 +110,10 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) 
 		Controller:             ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
 		Cache: cache.Options{
 			DefaultTransform: cache.TransformStripManagedFields(),
-			ByObject:         map[client.Object]cache.ByObject{&corev1.Secret{}: {Namespaces: map[string]cache.Config{opts.Namespace: {}}}},
+			ByObject: map[client.Object]cache.ByObject{
+				&corev1.Secret{}:    {Namespaces: map[string]cache.Config{opts.Namespace: {}}},
+				&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{opts.Namespace: {}}},
+			},
 		},
 	})
 	if err != nil {
@@ -130,6 +134,13 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) 
 	if err := (&trustdomains.Reconciler{Metrics: trustdomains.NewMetrics(registry), RootCAs: roots}).SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the TrustDomain poller: %w", err)
 	}
+	sets := &members.BundleSets{
+		Reader: mgr.GetCache(), Client: mgr.GetClient(), Namespace: opts.Namespace, Clock: clock.RealClock{},
+		Elected: mgr.Elected(), Metrics: members.NewBundleSetMetrics(registry),
+	}
+	if err := sets.SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the bundle sets: %w", err)
+	}
 	docs := &members.Documents{Reader: mgr.GetCache(), Store: store, Ready: make(chan struct{})}
 	if err := docs.SetupWithManager(mgr); err != nil {
 		return nil, err
@@ -141,6 +152,7 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) 
 	(&api.Handler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Store: store, Namespace: opts.Namespace,
 		Clock: clock.RealClock{}, Log: log.WithName("agent-api"), MaxBodyBytes: opts.MaxBodyBytes,
+		Sets: sets, PollTimeout: opts.LongPollTimeout,
 	}).Routes(r)
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -162,7 +174,7 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) 
 			return nil, fmt.Errorf("listening on %s: %w", opts.ListenAddress, err)
 		}
 	}
-	h := &Hub{Manager: mgr, Store: store, Registry: registry, CAFile: caFile, ln: ln,
+	h := &Hub{Manager: mgr, Store: store, Sets: sets, Registry: registry, CAFile: caFile, ln: ln,
 		server: &http.Server{Handler: r, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}}
 	if err := mgr.Add(serveRunnable(h, log)); err != nil {
 		return nil, err

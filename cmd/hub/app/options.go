@@ -24,6 +24,7 @@ type Options struct {
 	JoinTokenTTL         time.Duration
 	ReportLease          time.Duration
 	MaxBodyBytes         int64
+	LongPollTimeout      time.Duration
 	LeaderElect          bool
 	KubeAPIQPS           float32
 	KubeAPIBurst         int
@@ -41,6 +42,7 @@ func NewOptions() *Options {
 		JoinTokenTTL:                24 * time.Hour,
 		ReportLease:                 2 * time.Minute,
 		MaxBodyBytes:                federation.MaxBodyBytes,
+		LongPollTimeout:             60 * time.Second,
 		LeaderElect:                 true,
 		KubeAPIQPS:                  200,
 		KubeAPIBurst:                400,
@@ -63,6 +65,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.JoinTokenTTL, "join-token-ttl", o.JoinTokenTTL, "How long a member's single-use join token is valid.")
 	fs.DurationVar(&o.ReportLease, "report-lease", o.ReportLease, "A member that has not reported for this long is Ready=False (its documents stay served).")
 	fs.Int64Var(&o.MaxBodyBytes, "max-body-bytes", o.MaxBodyBytes, "Largest agent API request body accepted.")
+	fs.DurationVar(&o.LongPollTimeout, "long-poll-timeout", o.LongPollTimeout, "How long an agent's bundles call waits for a change before the hub answers 204 and the agent calls again.")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "Elect a leader among hub replicas for writes; every replica serves reads.")
 	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "Client-side rate limit for the hub cluster's apiserver.")
 	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", o.KubeAPIBurst, "Client-side burst for the hub cluster's apiserver.")
@@ -80,8 +83,8 @@ func (o *Options) Validate() error {
 	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
 		errs = append(errs, errors.New("--tls-cert-file and --tls-key-file go together"))
 	}
-	if o.JoinTokenTTL <= 0 || o.ReportLease <= 0 || o.MaxBodyBytes <= 0 {
-		errs = append(errs, errors.New("--join-token-ttl, --report-lease and --max-body-bytes must be positive"))
+	if o.JoinTokenTTL <= 0 || o.ReportLease <= 0 || o.MaxBodyBytes <= 0 || o.LongPollTimeout <= 0 {
+		errs = append(errs, errors.New("--join-token-ttl, --report-lease, --max-body-bytes and --long-poll-timeout must be positive"))
 	}
 	return errors.Join(errs...)
 }

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -32,6 +31,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -78,7 +78,12 @@ type Option func(*deps)
 type deps struct {
 	hubToken func(context.Context) (string, error)
 	reported func()
+	applied  func(*federation.BundleSet)
 }
+
+// hubPollTimeout bounds one long poll on the agent's side, above the
+// hub's default --long-poll-timeout of 60 s.
+const hubPollTimeout = 90 * time.Second
 
 // WithHubToken replaces reading --hub-token-file (the sandbox and tests
 // mint tokens with the TokenRequest API).
@@ -88,6 +93,10 @@ func WithHubToken(f func(context.Context) (string, error)) Option {
 
 // WithReported is called after every successful report to the hub.
 func WithReported(f func()) Option { return func(d *deps) { d.reported = f } }
+
+// WithApplied is called with every bundle set from the hub once it is
+// applied and acked.
+func WithApplied(f func(*federation.BundleSet)) Option { return func(d *deps) { d.applied = f } }
 
 // New builds the agent for the cluster reached through cfg. It reads the
 // issuer from the apiserver when opts.Issuer is empty.
@@ -184,6 +193,23 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, options ...Option
 		return nil, err
 	}
 
+	var (
+		hub        *federation.Client
+		follower   *hubclient.Follower
+		clusterset profiles.Clusterset = profiles.StaticClusterset(opts.ClustersetMember)
+	)
+	if opts.HubURL != "" {
+		if hub, err = hubClient(opts, d); err != nil {
+			return nil, err
+		}
+		follower = &hubclient.Follower{
+			Hub: hub, Client: mgr.GetClient(), PollTimeout: hubPollTimeout, MaxBackoff: 30 * time.Second,
+			Log: log.WithName("bundles"), Metrics: hubclient.NewFollowerMetrics(registry), Applied: d.applied,
+			Changes: make(chan event.GenericEvent, 1),
+		}
+		clusterset = follower // the hub says whether this cluster is in the clusterset
+	}
+
 	recorder := mgr.GetEventRecorder(FieldManager)
 	metrics := pcrsigner.NewMetrics(registry)
 	profileFor := map[string]pcrsigner.Profile{
@@ -192,7 +218,7 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, options ...Option
 			Reader:        mgr.GetCache(),
 			ClusterName:   opts.ClusterName,
 			ClusterDomain: opts.ClusterDomain,
-			Clusterset:    profiles.StaticClusterset(opts.ClustersetMember),
+			Clusterset:    clusterset,
 		},
 	}
 	for _, signer := range signers.SignerNames() {
@@ -230,6 +256,18 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, options ...Option
 		}
 	}
 
+	rotation := &capool.Rotation{
+		Store: pools, PromotionDelay: opts.CAPromotionDelay, Clock: clock.RealClock{}, Recorder: recorder,
+		Metrics: capool.NewRotationMetrics(registry),
+	}
+	var gateChanges chan event.GenericEvent
+	if follower != nil {
+		rotation.Gate, gateChanges = follower, follower.Changes
+	}
+	if err := rotation.SetupWithManager(mgr, gateChanges); err != nil {
+		return nil, fmt.Errorf("setting up CA rotation: %w", err)
+	}
+
 	local := &trustbundles.Local{
 		Client:      mgr.GetClient(),
 		Pools:       pools,
@@ -244,12 +282,26 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, options ...Option
 		return nil, fmt.Errorf("setting up the trust-bundle publisher: %w", err)
 	}
 
-	if opts.HubURL != "" {
-		r, err := newReporter(opts, mgr, pools, d, log)
+	if hub != nil {
+		cs, err := kubernetes.NewForConfig(mgr.GetConfig())
 		if err != nil {
 			return nil, err
 		}
-		if err := mgr.Add(r); err != nil {
+		if err := mgr.Add(&hubclient.Reporter{
+			Hub:        hub,
+			Reader:     mgr.GetAPIReader(),
+			JoinSecret: client.ObjectKey{Namespace: opts.Namespace, Name: opts.JoinTokenSecret},
+			REST:       cs.Discovery().RESTClient(),
+			Pools:      pools,
+			Interval:   opts.ReportInterval,
+			Changes:    pools.Subscribe(),
+			Version:    Version,
+			Log:        log.WithName("hub"),
+			Reported:   d.reported,
+		}); err != nil {
+			return nil, err
+		}
+		if err := mgr.Add(follower); err != nil {
 			return nil, err
 		}
 	}
@@ -364,8 +416,11 @@ func Main(ctx context.Context, opts *Options) error {
 	return Run(ctx, opts, cfg)
 }
 
-func newReporter(opts *Options, mgr manager.Manager, pools *capool.Store, d deps, log logr.Logger) (*hubclient.Reporter, error) {
-	httpClient := &http.Client{Timeout: 30 * time.Second}
+// hubClient is the agent's client of the hub API. It has no overall
+// timeout (a long poll lasts a minute); each call bounds its own.
+func hubClient(opts *Options, d deps) (*federation.Client, error) {
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.ResponseHeaderTimeout = 0
 	if opts.HubCAFile != "" {
 		pem, err := os.ReadFile(opts.HubCAFile)
 		if err != nil {
@@ -375,7 +430,7 @@ func newReporter(opts *Options, mgr manager.Manager, pools *capool.Store, d deps
 		if !roots.AppendCertsFromPEM(pem) {
 			return nil, fmt.Errorf("--hub-ca-file %s holds no PEM certificate", opts.HubCAFile)
 		}
-		httpClient.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
+		transport.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 	}
 	token := d.hubToken
 	if token == nil {
@@ -387,21 +442,7 @@ func newReporter(opts *Options, mgr manager.Manager, pools *capool.Store, d deps
 			return strings.TrimSpace(string(b)), nil
 		}
 	}
-	cs, err := kubernetes.NewForConfig(mgr.GetConfig())
-	if err != nil {
-		return nil, err
-	}
-	return &hubclient.Reporter{
-		Hub:        &federation.Client{HubURL: opts.HubURL, Cluster: opts.ClusterName, HTTP: httpClient, Token: token},
-		Reader:     mgr.GetAPIReader(),
-		JoinSecret: client.ObjectKey{Namespace: opts.Namespace, Name: opts.JoinTokenSecret},
-		REST:       cs.Discovery().RESTClient(),
-		Pools:      pools,
-		Interval:   opts.ReportInterval,
-		Version:    Version,
-		Log:        log.WithName("hub"),
-		Reported:   d.reported,
-	}, nil
+	return &federation.Client{HubURL: opts.HubURL, Cluster: opts.ClusterName, HTTP: &http.Client{Transport: transport}, Token: token}, nil
 }
 
 // Version of the agent, reported to the hub.

@@ -38,6 +38,7 @@ type Options struct {
 	ServiceDNSPendingTimeout time.Duration
 	LeafKeyTypes             []string
 	ClustersetMember         bool
+	CAPromotionDelay         time.Duration
 	CALifetime               time.Duration
 	SPIFFECAImportSecret     string
 	ServiceDNSCAImportSecret string
@@ -80,6 +81,7 @@ func NewOptions() *Options {
 		HubTokenFile:                "/var/run/secrets/anchorage.dev/hub/token",
 		JoinTokenSecret:             "anchorage-join-token",
 		ReportInterval:              30 * time.Second,
+		CAPromotionDelay:            5 * time.Minute,
 	}
 }
 
@@ -102,7 +104,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.HealthProbeBindAddress, "health-probe-bind-address", o.HealthProbeBindAddress, "Address of the /healthz and /readyz endpoints; \"0\" disables them.")
 	fs.DurationVar(&o.ServiceDNSPendingTimeout, "service-dns-pending-timeout", o.ServiceDNSPendingTimeout, "How long a service-dns request waits for a Service selecting its pod before it is Failed.")
 	fs.StringSliceVar(&o.LeafKeyTypes, "leaf-key-types", o.LeafKeyTypes, "Leaf key types the signers issue for; requests with other key types are Denied (UnsupportedKeyType).")
-	fs.BoolVar(&o.ClustersetMember, "clusterset-member", o.ClustersetMember, "Issue <svc>.<ns>.svc.clusterset.local names for exported Services without asking a hub (standalone installs).")
+	fs.BoolVar(&o.ClustersetMember, "clusterset-member", o.ClustersetMember, "Issue <svc>.<ns>.svc.clusterset.local names for exported Services without a hub (standalone installs). With --hub-url the hub decides (MemberCluster spec.clusterSet).")
 	fs.DurationVar(&o.CALifetime, "ca-lifetime", o.CALifetime, "Lifetime of the CAs the agent generates.")
 	fs.StringVar(&o.SPIFFECAImportSecret, "spiffe-ca-import-secret", o.SPIFFECAImportSecret, "kubernetes.io/tls Secret in --namespace to import as the first SPIFFE CA (tls.key; tls.crt = CA certificate then its chain). Default: generate a CA.")
 	fs.StringVar(&o.ServiceDNSCAImportSecret, "service-dns-ca-import-secret", o.ServiceDNSCAImportSecret, "kubernetes.io/tls Secret in --namespace to import as the first service-dns CA. Default: generate a CA.")
@@ -111,6 +113,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.HubTokenFile, "hub-token-file", o.HubTokenFile, "Projected service-account token with the hub URL as audience (a serviceAccountToken volume), read on every call.")
 	fs.StringVar(&o.JoinTokenSecret, "join-token-secret", o.JoinTokenSecret, "Secret in --namespace whose \"token\" key holds the hub's single-use join token for this cluster.")
 	fs.DurationVar(&o.ReportInterval, "report-interval", o.ReportInterval, "How often the agent reports its anchors and JWKS to the hub (keep it well under the hub's --report-lease).")
+	fs.DurationVar(&o.CAPromotionDelay, "ca-promotion-delay", o.CAPromotionDelay, "Least time a next CA is published before it signs (after every federated member has applied it), for kubelets to refresh pods' projected trust bundles.")
 	fs.StringVar(&o.PodName, "pod-name", o.PodName, "The agent's pod name (downward API), for Events.")
 	fs.StringVar(&o.PodNamespace, "pod-namespace", o.PodNamespace, "The agent's pod namespace (downward API), for Events.")
 }
@@ -152,6 +155,12 @@ func (o *Options) Validate() error {
 		if o.ReportInterval <= 0 {
 			errs = append(errs, errors.New("--report-interval must be positive"))
 		}
+		if o.ClustersetMember {
+			errs = append(errs, errors.New("--clusterset-member is for installs without a hub; with --hub-url, set spec.clusterSet on the MemberCluster instead"))
+		}
+	}
+	if o.CAPromotionDelay < 0 {
+		errs = append(errs, errors.New("--ca-promotion-delay must not be negative"))
 	}
 	if o.CALifetime < 2*signers.MaxLeafLifetime {
 		errs = append(errs, fmt.Errorf("--ca-lifetime must be at least %s", 2*signers.MaxLeafLifetime))

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	"github.com/anchorage-dev/anchorage/pkg/federation"
 	"github.com/anchorage-dev/anchorage/pkg/signers"
@@ -19,6 +20,9 @@ import (
 
 // JoinTokenKey is the data key of the join token Secret.
 const JoinTokenKey = "token"
+
+// callTimeout bounds a join or report call to the hub.
+const callTimeout = 30 * time.Second
 
 // PoolSource hands out a signer's current CA pool.
 type PoolSource interface {
@@ -36,8 +40,11 @@ type Reporter struct {
 	REST     rest.Interface
 	Pools    PoolSource
 	Interval time.Duration
-	Version  string
-	Log      logr.Logger
+	// Changes, when set, triggers a report at once: a new anchor reaches
+	// the hub without waiting for the interval.
+	Changes <-chan event.GenericEvent
+	Version string
+	Log     logr.Logger
 	// Reported is called after every successful report (tests, metrics).
 	Reported func()
 }
@@ -67,6 +74,7 @@ func (r *Reporter) Start(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(next):
+		case <-r.Changes: // nil: never
 		}
 	}
 }
@@ -86,6 +94,8 @@ func (r *Reporter) once(ctx context.Context) error {
 		}
 		rep.Anchors[s] = string(signers.EncodeCertificatesPEM(pool.Anchors(time.Now())))
 	}
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
 	err = r.Hub.Report(ctx, rep)
 	if !federation.IsStatus(err, http.StatusForbidden) {
 		return err

@@ -3,7 +3,9 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +13,7 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -57,6 +60,17 @@ type Handler struct {
 	Clock        clock.PassiveClock
 	Log          logr.Logger
 	MaxBodyBytes int64
+	// Sets answers bundle long polls.
+	Sets BundleSets
+	// PollTimeout is how long a bundles call waits before 204.
+	PollTimeout time.Duration
+}
+
+// BundleSets hands out members' bundle sets as they change.
+type BundleSets interface {
+	// Next returns member's set (JSON) once its sequence differs from
+	// after, or nil after timeout.
+	Next(ctx context.Context, member string, after int64, timeout time.Duration) []byte
 }
 
 // Routes mounts the agent API on r.
@@ -64,11 +78,13 @@ func (h *Handler) Routes(r chi.Router) {
 	r.Route(federation.APIPrefix+"{cluster}", func(r chi.Router) {
 		r.Post("/"+federation.JoinPath, h.join)
 		r.Put("/"+federation.ReportPath, h.report)
+		r.Get("/"+federation.BundlesPath, h.bundles)
+		r.Post("/"+federation.AckPath, h.ack)
 		r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
-			writeError(w, http.StatusNotFound, "no such agent API call; the calls are POST join and PUT report")
+			writeError(w, http.StatusNotFound, "no such agent API call; the calls are POST join, PUT report, GET bundles and POST ack")
 		})
 		r.MethodNotAllowed(func(w http.ResponseWriter, _ *http.Request) {
-			writeError(w, http.StatusMethodNotAllowed, "method not allowed: join is POST, report is PUT")
+			writeError(w, http.StatusMethodNotAllowed, "method not allowed: join is POST, report is PUT, bundles is GET, ack is POST")
 		})
 	})
 }
@@ -136,30 +152,8 @@ func (h *Handler) join(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) report(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	name := chi.URLParam(r, "cluster")
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), bearerPrefix)
-	if !ok || token == "" {
-		writeError(w, http.StatusUnauthorized, "missing Authorization: Bearer <service-account token with the hub URL as audience>")
-		return
-	}
 	var rep federation.Report
-	if !h.decode(w, r, &rep) {
-		return
-	}
-	mc, ok := h.member(ctx, w, name)
-	if !ok {
-		return
-	}
-	if !meta.IsStatusConditionTrue(mc.Status.Conditions, hubv1.ConditionJoined) {
-		writeError(w, http.StatusForbidden, fmt.Sprintf("cluster %q has not joined yet: join with its join token first", name))
-		return
-	}
-	if _, err := h.Store.VerifyAgentToken(ctx, name, token); err != nil {
-		status := http.StatusUnauthorized
-		if errors.Is(err, oidcbundle.ErrUnknownCluster) {
-			// Joined in the API but not yet in this replica's documents.
-			status = http.StatusServiceUnavailable
-		}
-		writeError(w, status, err.Error())
+	if !h.authenticate(w, r, name, &rep) {
 		return
 	}
 	anchors, err := validateAnchors(rep.Anchors)
@@ -185,6 +179,96 @@ func (h *Handler) report(w http.ResponseWriter, r *http.Request) {
 			Message: "the agent reported at " + now.UTC().Format(time.RFC3339)})
 	}); err != nil {
 		h.unavailable(w, "recording the report", err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// authenticate checks the caller is the agent of the joined member name
+// (go-oidc: audience = hub URL, issuer and keys of that member, subject =
+// its agent ServiceAccount), after decoding the body into body when not
+// nil. It answers the error itself.
+func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request, name string, body any) bool {
+	ctx := r.Context()
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), bearerPrefix)
+	if !ok || token == "" {
+		writeError(w, http.StatusUnauthorized, "missing Authorization: Bearer <service-account token with the hub URL as audience>")
+		return false
+	}
+	if body != nil && !h.decode(w, r, body) {
+		return false
+	}
+	mc, ok := h.member(ctx, w, name)
+	if !ok {
+		return false
+	}
+	if !meta.IsStatusConditionTrue(mc.Status.Conditions, hubv1.ConditionJoined) {
+		writeError(w, http.StatusForbidden, fmt.Sprintf("cluster %q has not joined yet: join with its join token first", name))
+		return false
+	}
+	if _, err := h.Store.VerifyAgentToken(ctx, name, token); err != nil {
+		status := http.StatusUnauthorized
+		if errors.Is(err, oidcbundle.ErrUnknownCluster) {
+			// Joined in the API but not yet in this replica's documents.
+			status = http.StatusServiceUnavailable
+		}
+		writeError(w, status, err.Error())
+		return false
+	}
+	return true
+}
+
+// bundles is the long poll: the member's bundle set as soon as its
+// sequence differs from ?after, or 204 after PollTimeout. Served from this
+// replica's memory; it never touches the API.
+func (h *Handler) bundles(w http.ResponseWriter, r *http.Request) {
+	name := chi.URLParam(r, "cluster")
+	after := int64(0)
+	if v := r.URL.Query().Get("after"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("after=%q: want the sequence of the set last applied, a number >= 0", v))
+			return
+		}
+		after = n
+	}
+	if !h.authenticate(w, r, name, nil) {
+		return
+	}
+	body := h.Sets.Next(r.Context(), name, after, h.PollTimeout)
+	if body == nil {
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(body)
+}
+
+// ack records that the agent applied a bundle set. Acks arrive in order
+// from one agent, but a late retry must not move the record back.
+func (h *Handler) ack(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	name := chi.URLParam(r, "cluster")
+	var a federation.Ack
+	if !h.authenticate(w, r, name, &a) {
+		return
+	}
+	if a.Sequence <= 0 {
+		writeError(w, http.StatusBadRequest, "sequence must be the positive sequence of the applied bundle set")
+		return
+	}
+	if raw, err := hex.DecodeString(a.BundlesDigest); err != nil || len(raw) != sha256.Size {
+		writeError(w, http.StatusBadRequest, "bundlesDigest must be the 64 hex digits of federation.BundlesDigest over the applied bundles")
+		return
+	}
+	if err := h.updateStatus(ctx, name, func(st *hubv1.MemberClusterStatus) {
+		if a.Sequence >= st.AppliedBundleSequence {
+			st.AppliedBundleSequence, st.AppliedBundleDigest = a.Sequence, a.BundlesDigest
+		}
+	}); err != nil {
+		h.unavailable(w, "recording the ack", err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

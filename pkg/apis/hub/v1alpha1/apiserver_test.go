@@ -242,7 +242,7 @@ func testPrinterColumns(t *testing.T, c *localcluster.Cluster) {
 	}{
 		{
 			resource: "memberclusters", object: "columns",
-			columns: []string{"Name", "Trust-Domain", "Joined", "Ready", "Last-Report", "Age"},
+			columns: []string{"Name", "Trust-Domain", "Joined", "Ready", "Applied", "Last-Report", "Age"},
 			cells:   map[string]string{"Trust-Domain": "columns.example.org", "Joined": "True", "Ready": "False"},
 		},
 		{

@@ -24,6 +24,7 @@ const FederateWithAll = "*"
 // +kubebuilder:printcolumn:name="Trust-Domain",type=string,JSONPath=`.spec.trustDomain`
 // +kubebuilder:printcolumn:name="Joined",type=string,JSONPath=`.status.conditions[?(@.type=="Joined")].status`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Applied",type=integer,JSONPath=`.status.appliedBundleSequence`
 // +kubebuilder:printcolumn:name="Last-Report",type=date,JSONPath=`.status.lastReportTime`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",message="metadata.name is the cluster id and must be a DNS label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
@@ -132,6 +133,14 @@ type MemberClusterStatus struct {
 	//
 	// +optional
 	AppliedBundleSequence int64 `json:"appliedBundleSequence,omitempty"`
+
+	// appliedBundleDigest is the digest of the bundles of that set, as the
+	// agent computed it over what it applied: the hub compares it with the
+	// member's current bundles to know which anchors have reached it.
+	//
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	AppliedBundleDigest string `json:"appliedBundleDigest,omitempty"`
 
 	// anchorsSequence is incremented by the hub each time the reported
 	// anchors change; it is the spiffe_sequence of the member's SPIFFE

@@ -1,0 +1,109 @@
+package e2e
+
+import (
+	"context"
+	"crypto/x509"
+	"maps"
+	"slices"
+	"testing"
+	"time"
+
+	certsv1 "k8s.io/api/certificates/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/anchorage-dev/anchorage/internal/localcluster"
+	"github.com/anchorage-dev/anchorage/pkg/federation"
+	"github.com/anchorage-dev/anchorage/pkg/signers"
+)
+
+// hubBundles returns the hub-sourced ClusterTrustBundles of a member by
+// name, each with its parsed anchors.
+func (m *memberEnv) hubBundles(t *testing.T) map[string][]*x509.Certificate {
+	t.Helper()
+	var list certsv1.ClusterTrustBundleList
+	if err := m.cl.Client.List(context.Background(), &list, client.MatchingLabels{federation.LabelSource: federation.SourceHub}); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]*x509.Certificate{}
+	for _, b := range list.Items {
+		certs, err := signers.ParseCertificatesPEM([]byte(b.Spec.TrustBundle))
+		if err != nil {
+			t.Fatalf("bundle %s: %v", b.Name, err)
+		}
+		out[b.Name] = certs
+	}
+	return out
+}
+
+func holds(certs []*x509.Certificate, want ...*x509.Certificate) bool {
+	if len(certs) != len(want) {
+		return false
+	}
+	for _, w := range want {
+		if !slices.ContainsFunc(certs, w.Equal) {
+			return false
+		}
+	}
+	return true
+}
+
+// The hub pushes each member the bundles of the trust domains it
+// federates with and the clusterset bundle; removing a trust domain from
+// federatesWith, or a member from the hub, removes its anchors everywhere.
+func TestFederationPushAndRemoval(t *testing.T) {
+	localcluster.RequireAssets(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e := startHub(t, ctx)
+	east := e.startMember("east", "east.example", "west.example")
+	west := e.startMember("west", "west.example", "east.example")
+	for _, name := range []string{"east", "west"} {
+		if err := e.sb.WaitReady(ctx, name, 60*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eastSPIFFE, eastDNS := east.pool(t, signers.SPIFFESignerName).Anchors(time.Now()), east.pool(t, signers.ServiceDNSSignerName).Anchors(time.Now())
+	westSPIFFE, westDNS := west.pool(t, signers.SPIFFESignerName).Anchors(time.Now()), west.pool(t, signers.ServiceDNSSignerName).Anchors(time.Now())
+	tdWest, tdEast, cs := federation.TrustDomainBundleName("west.example"), federation.TrustDomainBundleName("east.example"), federation.ClustersetBundleName()
+
+	poll(t, 60*time.Second, "each member holds its peer's SPIFFE anchors and the clusterset bundle", func() bool {
+		eb, wb := east.hubBundles(t), west.hubBundles(t)
+		return len(eb) == 2 && holds(eb[tdWest], westSPIFFE...) && holds(eb[cs], append(slices.Clone(eastDNS), westDNS...)...) &&
+			len(wb) == 2 && holds(wb[tdEast], eastSPIFFE...) && holds(wb[cs], append(slices.Clone(eastDNS), westDNS...)...)
+	})
+	var ctb certsv1.ClusterTrustBundle
+	if err := east.cl.Client.Get(ctx, client.ObjectKey{Name: tdWest}, &ctb); err != nil {
+		t.Fatal(err)
+	}
+	wantLabels := map[string]string{federation.LabelCanarying: "live", federation.LabelWorkloadTrustDomain: "east.example", federation.LabelPeerTrustDomain: "west.example", federation.LabelSource: "hub"}
+	if !maps.Equal(ctb.Labels, wantLabels) || ctb.Spec.SignerName != signers.SPIFFESignerName {
+		t.Errorf("td-west labels %v signer %s", ctb.Labels, ctb.Spec.SignerName)
+	}
+	poll(t, 20*time.Second, "both acks recorded", func() bool {
+		return e.member("east").Status.AppliedBundleSequence > 0 && e.member("west").Status.AppliedBundleSequence > 0
+	})
+
+	// east stops federating with west.example: only its td-west goes.
+	mc := e.member("east")
+	mc.Spec.FederatesWith = nil
+	if err := e.hubCl.Client.Update(ctx, mc); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 20*time.Second, "east's td-west bundle deleted", func() bool {
+		eb := east.hubBundles(t)
+		_, ok := eb[tdWest]
+		return !ok && len(eb) == 1
+	})
+	if wb := west.hubBundles(t); len(wb) != 2 {
+		t.Errorf("west lost bundles: %v", slices.Collect(maps.Keys(wb)))
+	}
+
+	// west leaves the hub: its service-dns anchors leave east's clusterset bundle.
+	if err := e.hubCl.Client.Delete(ctx, e.member("west")); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 20*time.Second, "west's anchors gone from east", func() bool {
+		eb := east.hubBundles(t)
+		return len(eb) == 1 && holds(eb[cs], eastDNS...)
+	})
+}
