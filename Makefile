@@ -3,7 +3,7 @@ SHELL := /usr/bin/env bash
 GO    ?= go
 BIN   ?= bin
 
-.PHONY: help build test demo lint bench-issuance bench-servicedns bench-wellknown bench-smoke envtest-assets
+.PHONY: help build test demo lint bench-issuance bench-servicedns bench-wellknown bench-propagation bench-fanout bench-smoke envtest-assets
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -29,10 +29,17 @@ bench-issuance: ## Issuance: anchorage vs the apiserver's ceiling vs Kubernetes'
 	cd hack/bench && $(GO) run ./issuance -n 1000 -runs 5
 
 bench-smoke: ## A short run of every benchmark (CI checks they work; figures come from the full runs).
-	cd hack/bench && $(GO) run ./issuance -n 50 -runs 1 && $(GO) run ./servicedns -sizes 10,100 -runs 1 && $(GO) run ./wellknown -duration 1s -runs 1
+	cd hack/bench && $(GO) run ./issuance -n 50 -runs 1 && $(GO) run ./servicedns -sizes 10,100 -runs 1 && $(GO) run ./wellknown -duration 1s -runs 1 \
+		&& $(GO) run ./propagation -changes 4 -members 2 && $(GO) run ./fanout -members 50 -changes 2
 
 bench-wellknown: ## Well-known endpoint throughput and p99 at 64 clients, beside go-spiffe's bundle endpoint handler.
 	cd hack/bench && $(GO) run ./wellknown -clients 64 -duration 5s -runs 5
+
+bench-propagation: ## Anchor change in one member to the bundle updated in every other member, p50/p99 over 50 changes.
+	cd hack/bench && $(GO) run ./propagation -changes 50 -members 3
+
+bench-fanout: ## 1,000 simulated members long-polling one hub: time for a change to reach all, hub RSS.
+	cd hack/bench && $(GO) run ./fanout -members 1000 -changes 5
 
 bench-servicedns: ## service-dns lookup cost with 10, 1,000 and 10,000 Services (medians of 5 runs).
 	cd hack/bench && $(GO) run ./servicedns -sizes 10,1000,10000 -runs 5

@@ -31,7 +31,13 @@ func (c *Cluster) NewProxy() (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{target: u.Host, conns: map[net.Conn]struct{}{}}
+	return NewTCPProxy(u.Host)
+}
+
+// NewTCPProxy starts a proxy to target (host:port) on a free loopback port:
+// any TCP server, a hub say.
+func NewTCPProxy(target string) (*Proxy, error) {
+	p := &Proxy{target: target, conns: map[net.Conn]struct{}{}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -39,6 +45,17 @@ func (c *Cluster) NewProxy() (*Proxy, error) {
 	p.addr = ln.Addr().String()
 	p.serve(ln)
 	return p, nil
+}
+
+// Addr is the proxy's address.
+func (p *Proxy) Addr() string { return p.addr }
+
+// SetTarget sends new connections to target (a restarted server on
+// another port); open ones are left alone.
+func (p *Proxy) SetTarget(target string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.target = target
 }
 
 // Config returns cfg pointed at the proxy.
@@ -96,7 +113,10 @@ func (p *Proxy) serveLocked(ln net.Listener) {
 			if err != nil {
 				return // cut or closed
 			}
-			out, err := net.Dial("tcp", p.target)
+			p.mu.Lock()
+			target := p.target
+			p.mu.Unlock()
+			out, err := net.Dial("tcp", target)
 			if err != nil {
 				_ = in.Close()
 				continue

@@ -134,7 +134,14 @@ type Member struct {
 	Name, TrustDomain, Issuer string
 	Cluster                   *localcluster.Cluster
 	Agent                     *agentapp.Agent
-	stopAgent, stopCluster    func()
+	// Kubeconfig is where WriteKubeconfig last wrote an admin kubeconfig
+	// ("" before), for the commands the demo shows.
+	Kubeconfig             string
+	nodeAuthorization      bool
+	stopAgent, stopCluster func()
+	// ctx and opts start the agent again (RestartAgent).
+	ctx  context.Context
+	opts MemberOptions
 }
 
 // MemberOptions configures AddMember.
@@ -149,7 +156,11 @@ type MemberOptions struct {
 	Applied func(*federation.BundleSet)
 	// Spec adjusts the MemberCluster (federatesWith, clusterSet).
 	Spec func(*hubv1.MemberClusterSpec)
-	Log  logr.Logger
+	// NodeAuthorization starts the member's apiserver with the Node
+	// authorizer and NodeRestriction, so that kubelet simulators run with a
+	// node's own credentials, as on a real node.
+	NodeAuthorization bool
+	Log               logr.Logger
 }
 
 // AddMember registers a member with the hub, starts its apiserver with the
@@ -164,11 +175,11 @@ func (h *Hub) AddMember(ctx context.Context, o MemberOptions) (*Member, error) {
 	if err := h.Cluster.Client.Create(ctx, &hubv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: o.Name}, Spec: spec}); err != nil {
 		return nil, fmt.Errorf("registering %s: %w", o.Name, err)
 	}
-	cl, err := localcluster.Start(ctx, localcluster.Options{Name: o.Name, Issuer: issuer, Scheme: agentapp.Scheme(), DataDir: dataDir(o.Dir, o.Name)})
+	cl, err := localcluster.Start(ctx, localcluster.Options{Name: o.Name, Issuer: issuer, Scheme: agentapp.Scheme(), DataDir: dataDir(o.Dir, o.Name), NodeAuthorization: o.NodeAuthorization})
 	if err != nil {
 		return nil, err
 	}
-	m := &Member{Name: o.Name, TrustDomain: o.TrustDomain, Issuer: issuer, Cluster: cl, stopCluster: func() { _ = cl.Stop() }}
+	m := &Member{Name: o.Name, TrustDomain: o.TrustDomain, Issuer: issuer, Cluster: cl, nodeAuthorization: o.NodeAuthorization, stopCluster: func() { _ = cl.Stop() }}
 	if err := h.join(ctx, m, o); err != nil {
 		m.Stop()
 		return nil, err
@@ -196,6 +207,19 @@ func (h *Hub) join(ctx context.Context, m *Member, o MemberOptions) error {
 		Data: map[string][]byte{"token": []byte(token)}}); err != nil {
 		return fmt.Errorf("copying the join token to %s: %w", m.Name, err)
 	}
+	m.ctx, m.opts = ctx, o
+	return h.startAgent(m)
+}
+
+// RestartAgent stops the member's agent and starts a new one with the same
+// options and nothing in memory, as a rescheduled pod would.
+func (h *Hub) RestartAgent(m *Member) error {
+	m.StopAgent()
+	return h.startAgent(m)
+}
+
+func (h *Hub) startAgent(m *Member) error {
+	ctx, o := m.ctx, m.opts
 	cfg, err := m.Cluster.ConfigFor(ctx, "anchorage-system", "member-agent")
 	if err != nil {
 		return err
@@ -268,6 +292,16 @@ func (m *Member) StopAgent() {
 		m.stopAgent()
 		m.stopAgent = nil
 	}
+}
+
+// WriteKubeconfig writes an admin kubeconfig of the member's cluster to
+// path and remembers it in Kubeconfig.
+func (m *Member) WriteKubeconfig(path string) error {
+	if err := m.Cluster.WriteKubeconfig(path); err != nil {
+		return err
+	}
+	m.Kubeconfig = path
+	return nil
 }
 
 // Stop stops the agent, then the cluster.

@@ -135,19 +135,17 @@ func Sets(members []Member, external []External) map[string]BundleSet {
 	// pending: anchors held by a set its member has not acked yet.
 	pending := map[string]bool{}
 	for _, m := range byName {
-		wanted := map[string]bool{m.TrustDomain: true}
-		for _, td := range m.FederatesWith {
-			if td == FederatesWithAll {
-				for _, t := range allTDs {
-					wanted[t] = true
-				}
-				continue
-			}
-			wanted[td] = true
+		// The trust domains wanted, without walking every trust domain for
+		// every member (a thousand members would make that a million steps).
+		wanted := allTDs
+		if !slices.Contains(m.FederatesWith, FederatesWithAll) {
+			wanted = append([]string{m.TrustDomain}, m.FederatesWith...)
+			slices.Sort(wanted)
+			wanted = slices.Compact(wanted)
 		}
 		var parts []*built
-		for _, td := range allTDs {
-			if !wanted[td] {
+		for _, td := range wanted {
+			if _, known := spiffe[td]; !known {
 				continue
 			}
 			if b := spiffeBundle(m, td); b != nil {

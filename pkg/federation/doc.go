@@ -1,5 +1,7 @@
-// Package federation holds the hub↔agent protocol: the request and answer
+// Package federation holds the hub↔agent protocol (the request and answer
 // types of the agent API under /apis/v1/members/<cluster>/ and the client
-// the member agent uses. Hub state, the federation graph and bundle sets
-// join it with issue #4.
+// the member agent uses), the ClusterTrustBundle names and labels, and the
+// federation graph: Sets computes every member's bundle set from the
+// members' anchors, their federatesWith and clusterSet, external trust
+// domains and the members' acks.
 package federation

@@ -1,6 +1,9 @@
 package federation
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Paths of the agent API, under the hub URL.
 const (
@@ -34,6 +37,19 @@ type Report struct {
 	Anchors      map[string]string `json:"anchors"`
 	JWKS         json.RawMessage   `json:"jwks"`
 	AgentVersion string            `json:"agentVersion,omitempty"`
+	// CAs are the CA pools' members and their rotation states, shown on
+	// the MemberCluster.
+	CAs []CAStatus `json:"cas,omitempty"`
+}
+
+// CAStatus is one CA of a member's pool.
+type CAStatus struct {
+	Signer string `json:"signer"`
+	// SubjectKeyID of the CA certificate, lowercase hex.
+	SubjectKeyID string `json:"subjectKeyID"`
+	// State is next, active or retired.
+	State    string    `json:"state"`
+	NotAfter time.Time `json:"notAfter"`
 }
 
 // Error is every error body of the hub.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	certsv1 "k8s.io/api/certificates/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/anchorage-dev/anchorage/internal/localcluster"
@@ -85,8 +86,7 @@ func TestFederationPushAndRemoval(t *testing.T) {
 
 	// east stops federating with west.example: only its td-west goes.
 	mc := e.member("east")
-	mc.Spec.FederatesWith = nil
-	if err := e.hubCl.Client.Update(ctx, mc); err != nil {
+	if err := e.hubCl.Client.Patch(ctx, mc, client.RawPatch(types.MergePatchType, []byte(`{"spec":{"federatesWith":null}}`))); err != nil {
 		t.Fatal(err)
 	}
 	poll(t, 20*time.Second, "east's td-west bundle deleted", func() bool {

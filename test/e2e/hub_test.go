@@ -123,12 +123,19 @@ type memberEnv struct {
 // the way an operator joins it (internal/sandbox).
 func (e *hubEnv) startMember(name, trustDomain string, federatesWith ...string) *memberEnv {
 	e.t.Helper()
+	return e.startMemberWith(name, trustDomain, federatesWith)
+}
+
+// startMemberWith is startMember with agent options adjusted by agent.
+func (e *hubEnv) startMemberWith(name, trustDomain string, federatesWith []string, agent ...func(*agentapp.Options)) *memberEnv {
+	e.t.Helper()
+	short := func(o *agentapp.Options) {
+		o.ReportInterval = time.Second
+		o.LeaderElectionLeaseDuration, o.LeaderElectionRenewDeadline, o.LeaderElectionRetryPeriod = 4*time.Second, 3*time.Second, 300*time.Millisecond
+	}
 	m, err := e.sb.AddMember(e.ctx, sandbox.MemberOptions{Name: name, TrustDomain: trustDomain, Dir: e.t.TempDir(), Log: testr.New(e.t),
-		Spec: func(s *hubv1.MemberClusterSpec) { s.FederatesWith = federatesWith },
-		Agent: []func(*agentapp.Options){func(o *agentapp.Options) {
-			o.ReportInterval = time.Second
-			o.LeaderElectionLeaseDuration, o.LeaderElectionRenewDeadline, o.LeaderElectionRetryPeriod = 4*time.Second, 3*time.Second, 300*time.Millisecond
-		}}})
+		Spec:  func(s *hubv1.MemberClusterSpec) { s.FederatesWith = federatesWith },
+		Agent: append([]func(*agentapp.Options){short}, agent...)})
 	if err != nil {
 		e.t.Fatal(err)
 	}

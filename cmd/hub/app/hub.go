@@ -120,13 +120,6 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) 
 		return nil, fmt.Errorf("creating the controller manager: %w", err)
 	}
 	recorder := mgr.GetEventRecorder(FieldManager)
-	status := &members.StatusReconciler{
-		Client: mgr.GetClient(), Namespace: opts.Namespace, Clock: clock.RealClock{}, Recorder: recorder,
-		TokenTTL: opts.JoinTokenTTL, ReportLease: opts.ReportLease,
-	}
-	if err := status.SetupWithManager(mgr); err != nil {
-		return nil, err
-	}
 	roots, err := bundleEndpointRoots(opts.BundleEndpointCAFile)
 	if err != nil {
 		return nil, err
@@ -140,6 +133,13 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) 
 	}
 	if err := sets.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("setting up the bundle sets: %w", err)
+	}
+	status := &members.StatusReconciler{
+		Client: mgr.GetClient(), Namespace: opts.Namespace, Clock: clock.RealClock{}, Recorder: recorder,
+		TokenTTL: opts.JoinTokenTTL, ReportLease: opts.ReportLease, Sets: sets,
+	}
+	if err := status.SetupWithManager(mgr); err != nil {
+		return nil, err
 	}
 	docs := &members.Documents{Reader: mgr.GetCache(), Store: store, Ready: make(chan struct{})}
 	if err := docs.SetupWithManager(mgr); err != nil {
@@ -163,6 +163,9 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) 
 			http.Error(w, "documents not built yet", http.StatusServiceUnavailable)
 		}
 	})
+	if opts.Profiling {
+		r.Mount("/debug", middleware.Profiler())
+	}
 	r.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{crmetrics.Registry, registry}, promhttp.HandlerOpts{}))
 
 	tlsCfg, caFile, err := serving(opts, log)
@@ -249,6 +252,19 @@ func serving(opts *Options, log logr.Logger) (*tls.Config, string, error) {
 		return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, "", nil
 	}
 	u, _ := url.Parse(opts.ExternalURL)
+	caFile := opts.DevCAFile
+	if caFile == "" {
+		caFile = filepath.Join(os.TempDir(), "anchorage-hub-ca.pem")
+	}
+	keyFile := caFile + ".key"
+	// A restarted hub keeps its development certificate, as kube-apiserver
+	// keeps the one in its --cert-dir: agents configured with the CA file
+	// must not lose the hub.
+	if cert, err := tls.LoadX509KeyPair(caFile, keyFile); err == nil && cert.Leaf != nil &&
+		time.Now().Before(cert.Leaf.NotAfter) && cert.Leaf.VerifyHostname(u.Hostname()) == nil {
+		log.Info("no --tls-cert-file: serving the development certificate made earlier", "caFile", caFile)
+		return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, caFile, nil
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, "", err
@@ -272,9 +288,12 @@ func serving(opts *Options, log logr.Logger) (*tls.Config, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	caFile := opts.DevCAFile
-	if caFile == "" {
-		caFile = filepath.Join(os.TempDir(), "anchorage-hub-ca.pem")
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return nil, "", fmt.Errorf("writing the development key to %s: %w", keyFile, err)
 	}
 	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
 		return nil, "", fmt.Errorf("writing the development CA to %s: %w", caFile, err)

@@ -25,6 +25,7 @@ type Options struct {
 	ReportLease          time.Duration
 	MaxBodyBytes         int64
 	LongPollTimeout      time.Duration
+	Profiling            bool
 	LeaderElect          bool
 	KubeAPIQPS           float32
 	KubeAPIBurst         int
@@ -58,7 +59,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.ListenAddress, "listen-address", o.ListenAddress, "Address of the HTTPS server (documents, agent API, /healthz, /readyz, /metrics).")
 	fs.StringVar(&o.TLSCertFile, "tls-cert-file", o.TLSCertFile, "Serving certificate (PEM). Without it the hub makes a self-signed one for development and writes its CA to --dev-ca-file.")
 	fs.StringVar(&o.TLSKeyFile, "tls-key-file", o.TLSKeyFile, "Serving key (PEM) for --tls-cert-file.")
-	fs.StringVar(&o.DevCAFile, "dev-ca-file", o.DevCAFile, "Where to write the CA of the self-signed development certificate, for agents' --hub-ca-file and curl --cacert. Default: anchorage-hub-ca.pem in the temporary folder.")
+	fs.StringVar(&o.DevCAFile, "dev-ca-file", o.DevCAFile, "Where to write the CA of the self-signed development certificate, for agents' --hub-ca-file and curl --cacert; its key goes to the same path plus .key, and a restarted hub reuses both. Default: anchorage-hub-ca.pem in the temporary folder.")
 	fs.StringVar(&o.BundleEndpointCAFile, "bundle-endpoint-ca-file", o.BundleEndpointCAFile, "Extra CA certificates (PEM), beside the system roots, to trust for https_web bundle endpoints of TrustDomains on a private PKI.")
 	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "Namespace of the join token Secrets and the leader-election Lease.")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig of the hub cluster. Default: in-cluster config, then $KUBECONFIG.")
@@ -66,6 +67,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.ReportLease, "report-lease", o.ReportLease, "A member that has not reported for this long is Ready=False (its documents stay served).")
 	fs.Int64Var(&o.MaxBodyBytes, "max-body-bytes", o.MaxBodyBytes, "Largest agent API request body accepted.")
 	fs.DurationVar(&o.LongPollTimeout, "long-poll-timeout", o.LongPollTimeout, "How long an agent's bundles call waits for a change before the hub answers 204 and the agent calls again.")
+	fs.BoolVar(&o.Profiling, "profiling", o.Profiling, "Serve Go's profiles at /debug/pprof/ (unauthenticated: for debugging only).")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "Elect a leader among hub replicas for writes; every replica serves reads.")
 	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "Client-side rate limit for the hub cluster's apiserver.")
 	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", o.KubeAPIBurst, "Client-side burst for the hub cluster's apiserver.")

@@ -13,8 +13,10 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/spf13/pflag"
 
+	agentapp "github.com/anchorage-dev/anchorage/cmd/member-agent/app"
 	"github.com/anchorage-dev/anchorage/internal/localcluster"
 	"github.com/anchorage-dev/anchorage/internal/sandbox"
+	hubv1 "github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1"
 )
 
 // Options are the sandbox's flags.
@@ -66,15 +68,26 @@ func (o *Options) LogFile() (io.Writer, error) {
 
 // Run runs the sandbox, printing what happens to out.
 func Run(ctx context.Context, opts *Options, out io.Writer) error {
+	_, err := run(ctx, opts, out)
+	return err
+}
+
+// caPromotionDelay is the agents' --ca-promotion-delay in the sandbox:
+// long enough for the kubelet simulators to re-project a changed trust
+// bundle, short enough for the demo's rotation to take seconds.
+const caPromotionDelay = 2 * time.Second
+
+// run is Run, returning what the demo saw (for tests).
+func run(ctx context.Context, opts *Options, out io.Writer) (*sandbox.DemoResult, error) {
+	p := sandbox.Progress{Out: out}
 	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
-	step := func(format string, args ...any) { say("==> "+format, args...) }
 	began := time.Now()
 
 	dir := opts.StateDir
 	if dir == "" {
 		var err error
 		if dir, err = os.MkdirTemp("", "anchorage-sandbox-"); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if dir, err := filepath.Abs(dir); err == nil {
@@ -82,55 +95,73 @@ func Run(ctx context.Context, opts *Options, out io.Writer) error {
 	}
 	dir = opts.StateDir
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+		return nil, err
 	}
-	step("state in %s (components log to sandbox.log there)", dir)
+	logFile := filepath.Join(dir, "sandbox.log")
+	p.Step("state in %s (components log to sandbox.log there)", dir)
 
-	step("kube-apiserver and etcd v%s (built from the Go module proxy the first time, about 5 minutes; then cached)", strings.TrimPrefix(localcluster.KubernetesVersion, "v"))
+	p.Step("kube-apiserver and etcd v%s (built from the Go module proxy the first time, about 5 minutes; then cached)", strings.TrimPrefix(localcluster.KubernetesVersion, "v"))
 	if _, err := localcluster.EnsureAssets(ctx, out); err != nil {
-		return err
+		return nil, err
 	}
-	quiet := logr.Discard()
+	// The components log to the context's logger: sandbox.log under
+	// cmd/sandbox, nowhere in tests.
+	log := logr.FromContextOrDiscard(ctx)
 
-	step("starting the hub cluster and the hub")
-	hub, err := sandbox.StartHub(ctx, sandbox.HubOptions{Dir: dir, Log: quiet})
+	p.Step("starting the hub cluster and the hub")
+	hub, err := sandbox.StartHub(ctx, sandbox.HubOptions{Dir: dir, Log: log})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer hub.Stop()
-	say("    hub: %s (its development CA: %s)", hub.URL, hub.CAFile)
+	p.Detail("hub: %s (its development CA: %s)", hub.URL, hub.CAFile)
 
 	state := State{HubURL: hub.URL, HubCAFile: hub.CAFile, HubKubeconfig: filepath.Join(dir, "hub.kubeconfig")}
 	if err := hub.Cluster.WriteKubeconfig(state.HubKubeconfig); err != nil {
-		return err
+		return nil, err
 	}
 	var members []*sandbox.Member
-	for _, m := range []struct{ name, td string }{{"east", "east.anchorage.test"}, {"west", "west.anchorage.test"}} {
-		step("starting member %s (trust domain %s, issuer %s/clusters/%s) and joining it to the hub", m.name, m.td, hub.URL, m.name)
-		mem, err := hub.AddMember(ctx, sandbox.MemberOptions{Name: m.name, TrustDomain: m.td, Dir: dir, Log: quiet})
+	// east runs the demo's client, west its server; each federates with
+	// the other's trust domain, both are in the clusterset (the default).
+	for _, m := range []struct{ name, td, peer string }{
+		{"east", "east.anchorage.test", "west.anchorage.test"},
+		{"west", "west.anchorage.test", "east.anchorage.test"},
+	} {
+		p.Step("starting member %s (trust domain %s, issuer %s/clusters/%s) and joining it to the hub", m.name, m.td, hub.URL, m.name)
+		mem, err := hub.AddMember(ctx, sandbox.MemberOptions{
+			Name: m.name, TrustDomain: m.td, Dir: dir, Log: log, NodeAuthorization: true,
+			Spec:  func(s *hubv1.MemberClusterSpec) { s.FederatesWith = []string{m.peer} },
+			Agent: []func(*agentapp.Options){func(o *agentapp.Options) { o.CAPromotionDelay = caPromotionDelay }},
+		})
 		if err != nil {
-			return err
+			return nil, err
 		}
 		defer mem.Stop()
 		if err := hub.WaitReady(ctx, m.name, 2*time.Minute); err != nil {
-			return err
+			return nil, err
 		}
 		kc := filepath.Join(dir, m.name+".kubeconfig")
-		if err := mem.Cluster.WriteKubeconfig(kc); err != nil {
-			return err
+		if err := mem.WriteKubeconfig(kc); err != nil {
+			return nil, err
 		}
-		say("    %s joined: its agent signs for anchorage.dev/spiffe and anchorage.dev/service-dns and reported its anchors and JWKS", m.name)
+		p.Detail("%s joined: its agent signs for anchorage.dev/spiffe and anchorage.dev/service-dns, reported its anchors and JWKS, and federates with %s", m.name, m.peer)
 		members = append(members, mem)
 		state.Members = append(state.Members, MemberState{Name: m.name, Kubeconfig: kc, Issuer: mem.Issuer, TrustDomain: m.td})
 	}
 	data, _ := json.MarshalIndent(state, "", "  ")
 	if err := os.WriteFile(filepath.Join(dir, "sandbox.json"), append(data, '\n'), 0o644); err != nil {
-		return err
+		return nil, err
 	}
-	step("ready in %s; sandbox.json written", time.Since(began).Round(time.Second))
+	p.Step("ready in %s; sandbox.json written", time.Since(began).Round(time.Second))
 
-	step("what the hub serves for east, under east's issuer (the same commands work while --serve runs):")
-	issuer := members[0].Issuer
+	east, west := members[0], members[1]
+	res, err := sandbox.RunDemo(ctx, east, west, sandbox.DemoOptions{Dir: dir, Out: out})
+	if err != nil {
+		return res, fmt.Errorf("the cross-cluster demo failed: %w (the components' logs are in %s)", err, logFile)
+	}
+
+	p.Step("what the hub serves for east, under east's issuer (the same commands work while --serve runs):")
+	issuer := east.Issuer
 	for _, u := range []string{
 		issuer + "/.well-known/openid-configuration",
 		issuer + "/openid/v1/jwks",
@@ -141,21 +172,20 @@ func Run(ctx context.Context, opts *Options, out io.Writer) error {
 		say("\n$ curl --cacert %s %s", hub.CAFile, u)
 		resp, body, err := hub.Get(ctx, u)
 		if err != nil {
-			return err
+			return res, err
 		}
 		say("%s", shorten(string(body), resp.Header.Get("Content-Type")))
 	}
 	say("")
-	step("cross-cluster mTLS between east and west with federated bundles: not yet — the hub's push of federated bundles arrives with issue #4")
 
 	if !opts.Serve {
-		step("done; stopping (run with --serve to keep it running)")
-		return nil
+		p.Step("done in %s; stopping (run with --serve to keep it running)", time.Since(began).Round(time.Second))
+		return res, nil
 	}
-	step("serving until interrupted: kubectl --kubeconfig %s get memberclusters", state.HubKubeconfig)
+	p.Step("serving until interrupted: kubectl --kubeconfig %s get memberclusters", state.HubKubeconfig)
 	<-ctx.Done()
-	step("stopping")
-	return nil
+	p.Step("stopping")
+	return res, nil
 }
 
 // shorten keeps a terminal readable: long PEM and base64 are elided.

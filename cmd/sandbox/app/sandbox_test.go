@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -14,12 +16,16 @@ import (
 )
 
 // The sandbox runs to the end, writes sandbox.json in exactly the
-// documented shape, and shows the documents the hub serves.
+// documented shape, shows the documents the hub serves, and ends with the
+// cross-cluster demo: SPIFFE mTLS and the clusterset DNS name between a
+// client pod in east and a server pod in west, then a rotation of west's
+// SPIFFE CA under traffic without a single failed handshake.
 func TestSandboxRuns(t *testing.T) {
 	localcluster.RequireAssets(t)
 	dir := t.TempDir()
 	var out bytes.Buffer
-	if err := app.Run(context.Background(), &app.Options{StateDir: dir}, &out); err != nil {
+	res, err := app.RunWithResult(context.Background(), &app.Options{StateDir: dir}, &out)
+	if err != nil {
 		t.Fatalf("sandbox: %v\n%s", err, out.String())
 	}
 	raw, err := os.ReadFile(filepath.Join(dir, "sandbox.json"))
@@ -63,5 +69,55 @@ func TestSandboxRuns(t *testing.T) {
 		if !strings.Contains(text, want) {
 			t.Errorf("output lacks %q\n%s", want, text)
 		}
+	}
+
+	const (
+		clientID = "spiffe://east.anchorage.test/ns/demo/sa/client"
+		serverID = "spiffe://west.anchorage.test/ns/demo/sa/server"
+		dnsName  = "echo.demo.svc.clusterset.local"
+	)
+	if res == nil {
+		t.Fatal("no demo result")
+	}
+	if res.ClientID != clientID || res.ServerSawClient != clientID {
+		t.Errorf("client identity: issued %q, verified by the server as %q; want %q", res.ClientID, res.ServerSawClient, clientID)
+	}
+	if res.ServerID != serverID || res.ClientSawServer != serverID {
+		t.Errorf("server identity: issued %q, verified by the client as %q; want %q", res.ServerID, res.ClientSawServer, serverID)
+	}
+	if res.Answer != "echo-0: hello from client-0" {
+		t.Errorf("mTLS answer %q", res.Answer)
+	}
+	if res.DNSName != dnsName || !slices.Contains(res.DNSNames, dnsName) || res.DNSAnswer != "echo-0: hello "+dnsName {
+		t.Errorf("service DNS: verified %q, certificate names %q, answer %q", res.DNSName, res.DNSNames, res.DNSAnswer)
+	}
+	rot := res.Rotation
+	if rot.Failures != 0 || rot.ServerHandshakeErrors != 0 || len(rot.Errors) != 0 {
+		t.Errorf("rotation: %d failures, %d handshake errors on the server's side: %q", rot.Failures, rot.ServerHandshakeErrors, rot.Errors)
+	}
+	if rot.Handshakes < 20 || rot.LongLivedExchanges < 2 {
+		t.Errorf("rotation: only %d handshakes and %d long-lived exchanges", rot.Handshakes, rot.LongLivedExchanges)
+	}
+	if rot.OldCA == "" || rot.NewCA == "" || rot.OldCA == rot.NewCA {
+		t.Errorf("rotation: old CA %q, new CA %q", rot.OldCA, rot.NewCA)
+	}
+	if rot.ServerLeafCA != rot.NewCA || rot.HandshakesWithNewCA == 0 {
+		t.Errorf("the server's last leaf was signed by %q, want the new CA %q (%d handshakes saw a new-CA leaf)", rot.ServerLeafCA, rot.NewCA, rot.HandshakesWithNewCA)
+	}
+	if !(rot.Promoted > 0 && rot.Promoted <= rot.NewLeaf && rot.NewLeaf <= rot.Took) {
+		t.Errorf("rotation timings: promoted %s, new leaf %s, took %s", rot.Promoted, rot.NewLeaf, rot.Took)
+	}
+	for _, want := range []string{
+		"the server saw " + clientID + ", the client saw " + serverID,
+		"echo-0 served " + dnsName,
+		fmt.Sprintf("rotation: %d handshakes, 0 failures", rot.Handshakes),
+		rot.OldCA + " → " + rot.NewCA,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, "issue #4") {
+		t.Errorf("output still says the demo arrives with issue #4\n%s", text)
 	}
 }

@@ -173,6 +173,15 @@ func (r *Rotation) step(pool *signers.Pool, request string, sc SignerConfig, now
 	}
 
 	if n := pool.Next(); n != nil {
+		if n.AddedAt.IsZero() {
+			// Put there by hand: its publication starts now, not at
+			// the beginning of time.
+			stamped, err := pool.WithoutNext().WithNext(n, now)
+			if err != nil {
+				return nil, 0, "", err
+			}
+			return stamped, r.PromotionDelay, fmt.Sprintf("next CA %s found without a publication time; it is published from now", n.SKID()), nil
+		}
 		wait := n.AddedAt.Add(r.PromotionDelay).Sub(now)
 		skid := hex.EncodeToString(n.Anchor().SubjectKeyId)
 		switch {

@@ -93,6 +93,9 @@ func (r *Reporter) once(ctx context.Context) error {
 			return fmt.Errorf("the %s CA pool: %w", s, err)
 		}
 		rep.Anchors[s] = string(signers.EncodeCertificatesPEM(pool.Anchors(time.Now())))
+		for _, ca := range pool.CAs {
+			rep.CAs = append(rep.CAs, federation.CAStatus{Signer: s, SubjectKeyID: ca.SKID(), State: string(ca.State), NotAfter: ca.Certificate.NotAfter})
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()

@@ -23,6 +23,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -40,6 +41,7 @@ const (
 	ClusterLabel        = "hub.anchorage.dev/cluster"
 	FieldManager        = "anchorage-hub"
 	maxAnchorsPerSigner = 16
+	maxCAs              = 64
 	bearerPrefix        = "Bearer "
 )
 
@@ -166,6 +168,11 @@ func (h *Handler) report(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	cas, err := validateCAs(rep.CAs)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	now := metav1.NewTime(h.Clock.Now())
 	if err := h.updateStatus(ctx, name, func(st *hubv1.MemberClusterStatus) {
 		if !slices.Equal(st.Anchors, anchors) {
@@ -173,10 +180,11 @@ func (h *Handler) report(w http.ResponseWriter, r *http.Request) {
 			st.AnchorsSequence++
 		}
 		st.JWKS = jwks
+		st.CertificateAuthorities = cas
 		st.AgentVersion = rep.AgentVersion
+		// Ready is the status controller's: it weighs the report lease and
+		// the applied bundle set together.
 		st.LastReportTime = &now
-		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: hubv1.ConditionReady, Status: metav1.ConditionTrue, Reason: hubv1.ReasonReporting,
-			Message: "the agent reported at " + now.UTC().Format(time.RFC3339)})
 	}); err != nil {
 		h.unavailable(w, "recording the report", err)
 		return
@@ -189,22 +197,28 @@ func (h *Handler) report(w http.ResponseWriter, r *http.Request) {
 // its agent ServiceAccount), after decoding the body into body when not
 // nil. It answers the error itself.
 func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request, name string, body any) bool {
+	_, ok := h.authenticated(w, r, name, body)
+	return ok
+}
+
+// authenticated is authenticate, returning the member as cached.
+func (h *Handler) authenticated(w http.ResponseWriter, r *http.Request, name string, body any) (*hubv1.MemberCluster, bool) {
 	ctx := r.Context()
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), bearerPrefix)
 	if !ok || token == "" {
 		writeError(w, http.StatusUnauthorized, "missing Authorization: Bearer <service-account token with the hub URL as audience>")
-		return false
+		return nil, false
 	}
 	if body != nil && !h.decode(w, r, body) {
-		return false
+		return nil, false
 	}
 	mc, ok := h.member(ctx, w, name)
 	if !ok {
-		return false
+		return nil, false
 	}
 	if !meta.IsStatusConditionTrue(mc.Status.Conditions, hubv1.ConditionJoined) {
 		writeError(w, http.StatusForbidden, fmt.Sprintf("cluster %q has not joined yet: join with its join token first", name))
-		return false
+		return nil, false
 	}
 	if _, err := h.Store.VerifyAgentToken(ctx, name, token); err != nil {
 		status := http.StatusUnauthorized
@@ -213,9 +227,9 @@ func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request, name stri
 			status = http.StatusServiceUnavailable
 		}
 		writeError(w, status, err.Error())
-		return false
+		return nil, false
 	}
-	return true
+	return mc, true
 }
 
 // bundles is the long poll: the member's bundle set as soon as its
@@ -247,12 +261,15 @@ func (h *Handler) bundles(w http.ResponseWriter, r *http.Request) {
 }
 
 // ack records that the agent applied a bundle set. Acks arrive in order
-// from one agent, but a late retry must not move the record back.
+// from one agent, but a late retry must not move the record back. A merge
+// patch of the two fields, without a read: after a change every member
+// acks at once, and the apiserver's time is the fan-out's.
 func (h *Handler) ack(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	name := chi.URLParam(r, "cluster")
 	var a federation.Ack
-	if !h.authenticate(w, r, name, &a) {
+	mc, ok := h.authenticated(w, r, name, &a)
+	if !ok {
 		return
 	}
 	if a.Sequence <= 0 {
@@ -263,11 +280,17 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bundlesDigest must be the 64 hex digits of federation.BundlesDigest over the applied bundles")
 		return
 	}
-	if err := h.updateStatus(ctx, name, func(st *hubv1.MemberClusterStatus) {
-		if a.Sequence >= st.AppliedBundleSequence {
-			st.AppliedBundleSequence, st.AppliedBundleDigest = a.Sequence, a.BundlesDigest
-		}
-	}); err != nil {
+	st := mc.Status
+	if a.Sequence < st.AppliedBundleSequence || a.Sequence == st.AppliedBundleSequence && a.BundlesDigest == st.AppliedBundleDigest {
+		w.WriteHeader(http.StatusNoContent) // a late retry, or nothing new
+		return
+	}
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"appliedBundleSequence": a.Sequence, "appliedBundleDigest": a.BundlesDigest}})
+	if err != nil {
+		h.unavailable(w, "recording the ack", err)
+		return
+	}
+	if err := h.Client.Status().Patch(ctx, mc, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldManager)); err != nil {
 		h.unavailable(w, "recording the ack", err)
 		return
 	}
@@ -379,6 +402,34 @@ func validateAnchors(in map[string]string) ([]hubv1.SignerAnchors, error) {
 		out = append(out, hubv1.SignerAnchors{Signer: signer, PEM: string(signers.EncodeCertificatesPEM(certs))})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Signer < out[j].Signer })
+	return out, nil
+}
+
+// validateCAs checks the reported CA states.
+func validateCAs(in []federation.CAStatus) ([]hubv1.CertificateAuthority, error) {
+	if len(in) > maxCAs {
+		return nil, fmt.Errorf("cas: %d entries, at most %d", len(in), maxCAs)
+	}
+	out := make([]hubv1.CertificateAuthority, 0, len(in))
+	for i, c := range in {
+		if !slices.Contains(signers.SignerNames(), c.Signer) {
+			return nil, fmt.Errorf("cas[%d]: unknown signer %q", i, c.Signer)
+		}
+		if raw, err := hex.DecodeString(c.SubjectKeyID); err != nil || len(raw) == 0 || len(raw) > 64 {
+			return nil, fmt.Errorf("cas[%d]: subjectKeyID must be the key id in hex", i)
+		}
+		switch signers.CAState(c.State) {
+		case signers.StateNext, signers.StateActive, signers.StateRetired:
+		default:
+			return nil, fmt.Errorf("cas[%d]: state %q is not next, active or retired", i, c.State)
+		}
+		ca := hubv1.CertificateAuthority{Signer: c.Signer, SubjectKeyID: strings.ToLower(c.SubjectKeyID), State: c.State}
+		if !c.NotAfter.IsZero() {
+			t := metav1.NewTime(c.NotAfter.UTC())
+			ca.NotAfter = &t
+		}
+		out = append(out, ca)
+	}
 	return out, nil
 }
 

@@ -66,6 +66,10 @@ type BundleSets struct {
 	published map[string]*published
 	waiters   map[string]chan struct{}
 	certs     map[string][]*x509.Certificate // PEM -> parsed, across rounds
+	// written is the sequences ConfigMap as this leader last wrote it:
+	// newer than the cache until the watch catches up, and the base of the
+	// next write (the cache's copy would conflict).
+	written *corev1.ConfigMap
 }
 
 type published struct {
@@ -106,11 +110,12 @@ func (s *BundleSets) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 	log := logr.FromContextOrDiscard(ctx)
 	start := time.Now()
 	var mcs hubv1.MemberClusterList
-	if err := s.Reader.List(ctx, &mcs); err != nil {
+	// Read-only: no copy of a thousand objects on every change.
+	if err := s.Reader.List(ctx, &mcs, client.UnsafeDisableDeepCopy); err != nil {
 		return reconcile.Result{}, err
 	}
 	var tds hubv1.TrustDomainList
-	if err := s.Reader.List(ctx, &tds); err != nil {
+	if err := s.Reader.List(ctx, &tds, client.UnsafeDisableDeepCopy); err != nil {
 		return reconcile.Result{}, err
 	}
 	var cm corev1.ConfigMap
@@ -119,6 +124,9 @@ func (s *BundleSets) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 		return reconcile.Result{}, err
 	}
 	exists := err == nil
+	if s.written != nil && s.leading() {
+		cm, exists = *s.written.DeepCopy(), true
+	}
 	assigned := decodeSequences(log, cm.Data)
 
 	used := map[string][]*x509.Certificate{}
@@ -158,6 +166,7 @@ func (s *BundleSets) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 		next, changed := nextSequences(assigned, applied, digests, s.Clock.Now())
 		if changed > 0 || len(next) != len(assigned) {
 			if err := s.writeSequences(ctx, &cm, exists, next); err != nil {
+				s.written = nil                // another leader wrote: start again from the cache
 				return reconcile.Result{}, err // retried; replicas keep serving the previous sequences
 			}
 			assigned = next
@@ -239,15 +248,20 @@ func (s *BundleSets) writeSequences(ctx context.Context, cm *corev1.ConfigMap, e
 		cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: SequencesConfigMap,
 			Labels: map[string]string{"app.kubernetes.io/part-of": "anchorage", "app.kubernetes.io/component": "hub"}}}
 		cm.Data = data
-		return s.Client.Create(ctx, cm, client.FieldOwner(api.FieldManager))
+		if err := s.Client.Create(ctx, cm, client.FieldOwner(api.FieldManager)); err != nil {
+			return fmt.Errorf("creating the bundle-set sequences: %w", err)
+		}
+		s.written = cm
+		return nil
 	}
-	// Update with the cached resourceVersion: a conflict means another
+	// Update with the resourceVersion last seen: a conflict means another
 	// leader wrote, and the next round starts from what it wrote.
 	cm = cm.DeepCopy()
 	cm.Data = data
 	if err := s.Client.Update(ctx, cm, client.FieldOwner(api.FieldManager)); err != nil {
 		return fmt.Errorf("writing the bundle-set sequences: %w", err)
 	}
+	s.written = cm
 	return nil
 }
 

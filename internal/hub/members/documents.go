@@ -62,11 +62,12 @@ func (d *Documents) SetupWithManager(mgr ctrl.Manager) error {
 func (d *Documents) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
 	log := logr.FromContextOrDiscard(ctx)
 	var mcs hubv1.MemberClusterList
-	if err := d.Reader.List(ctx, &mcs); err != nil {
+	// Read-only: no copy of a thousand objects on every change.
+	if err := d.Reader.List(ctx, &mcs, client.UnsafeDisableDeepCopy); err != nil {
 		return reconcile.Result{}, err
 	}
 	var tds hubv1.TrustDomainList
-	if err := d.Reader.List(ctx, &tds); err != nil {
+	if err := d.Reader.List(ctx, &tds, client.UnsafeDisableDeepCopy); err != nil {
 		return reconcile.Result{}, err
 	}
 	members, domains := map[string]bool{}, map[string]bool{}

@@ -32,9 +32,15 @@ type StatusReconciler struct {
 	Recorder  events.EventRecorder
 	// TokenTTL is how long a join token is valid (DESIGN.md: 24h).
 	TokenTTL time.Duration
-	// ReportLease: a member that has not reported for this long is not
-	// Ready (like OCM's lease).
+	// ReportLease: a member that has not reported for this long, or not
+	// applied its current bundle set for this long, is not Ready (like
+	// OCM's lease).
 	ReportLease time.Duration
+	// Sets tells the member's current bundle-set sequence; nil skips the
+	// applied check.
+	Sets interface {
+		Current(member string) (SequenceEntry, bool)
+	}
 }
 
 // SetupWithManager watches MemberClusters and their join Secrets.
@@ -103,8 +109,25 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 			}
 			meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: hubv1.ConditionReady, Status: metav1.ConditionFalse, Reason: hubv1.ReasonReportStale,
 				Message: fmt.Sprintf("no report from the agent since %s (lease %s); its bundles stay served", st.LastReportTime.UTC().Format(time.RFC3339), r.ReportLease)})
-		} else if requeue == 0 || stale.Sub(now) < requeue {
-			requeue = stale.Sub(now) + time.Second
+		} else {
+			if requeue == 0 || stale.Sub(now) < requeue {
+				requeue = stale.Sub(now) + time.Second
+			}
+			// No time in the message: a report must not rewrite the condition.
+			ready := metav1.Condition{Type: hubv1.ConditionReady, Status: metav1.ConditionTrue, Reason: hubv1.ReasonReporting,
+				Message: "the agent reports and has applied its current bundle set"}
+			if r.Sets != nil {
+				if cur, ok := r.Sets.Current(mc.Name); ok && st.AppliedBundleSequence < cur.Sequence {
+					if late := cur.Since.Add(r.ReportLease); !now.Before(late) {
+						ready = metav1.Condition{Type: hubv1.ConditionReady, Status: metav1.ConditionFalse, Reason: hubv1.ReasonBundleSetPending,
+							Message: fmt.Sprintf("the agent has not applied bundle set %d (assigned %s); it last applied %d. Its log and the anchorage_agent_hub_poll_failures_total metric say why",
+								cur.Sequence, cur.Since.UTC().Format(time.RFC3339), st.AppliedBundleSequence)}
+					} else if d := late.Sub(now) + time.Second; d < requeue {
+						requeue = d
+					}
+				}
+			}
+			meta.SetStatusCondition(&st.Conditions, ready)
 		}
 	}
 	st.ObservedGeneration = mc.Generation

@@ -69,6 +69,12 @@ func Progress(format string, args ...any) {
 // kube-apiserver with its etcd on tmpfs when there is one. stop stops both
 // and removes etcd's data.
 func StartCluster(ctx context.Context, scheme *runtime.Scheme) (cl *localcluster.Cluster, stop func(), err error) {
+	return StartClusterWith(ctx, localcluster.Options{Name: "bench", Scheme: scheme})
+}
+
+// StartClusterWith is StartCluster with more options (CRDs, say); the
+// data folder is chosen here.
+func StartClusterWith(ctx context.Context, opts localcluster.Options) (cl *localcluster.Cluster, stop func(), err error) {
 	if _, err := localcluster.EnsureAssets(ctx, os.Stderr); err != nil {
 		return nil, nil, err
 	}
@@ -77,7 +83,8 @@ func StartCluster(ctx context.Context, scheme *runtime.Scheme) (cl *localcluster
 		return nil, nil, err
 	}
 	Progress("starting kube-apiserver (etcd data in %s)", cmp.Or(etcdDir, "a temporary folder"))
-	cl, err = localcluster.Start(ctx, localcluster.Options{Name: "bench", Scheme: scheme, DataDir: etcdDir})
+	opts.DataDir = etcdDir
+	cl, err = localcluster.Start(ctx, opts)
 	if err != nil {
 		if etcdDir != "" {
 			_ = os.RemoveAll(etcdDir)

@@ -123,6 +123,15 @@ type MemberClusterStatus struct {
 	// +optional
 	JWKS string `json:"jwks,omitempty"`
 
+	// certificateAuthorities are the CAs of the member's pools as its agent
+	// last reported them, with their rotation state: a rotation under way
+	// shows a "next" CA.
+	//
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=64
+	CertificateAuthorities []CertificateAuthority `json:"certificateAuthorities,omitempty"`
+
 	// agentVersion is the version the agent last reported.
 	//
 	// +optional
@@ -168,6 +177,33 @@ type SignerAnchors struct {
 	//
 	// +optional
 	PEM string `json:"pem,omitempty"`
+}
+
+// CertificateAuthority is one CA of a member's pool.
+type CertificateAuthority struct {
+	// signer is the signer name, e.g. "anchorage.dev/spiffe".
+	//
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	Signer string `json:"signer"`
+
+	// subjectKeyID of the CA certificate, lowercase hex.
+	//
+	// +required
+	// +kubebuilder:validation:MaxLength=128
+	SubjectKeyID string `json:"subjectKeyID"`
+
+	// state is next (published, not signing yet), active (signing) or
+	// retired (published until its last leaf expires).
+	//
+	// +required
+	// +kubebuilder:validation:Enum=next;active;retired
+	State string `json:"state"`
+
+	// notAfter is the end of the CA certificate's validity.
+	//
+	// +optional
+	NotAfter *metav1.Time `json:"notAfter,omitempty"`
 }
 
 // MemberClusterList is a list of MemberClusters.
