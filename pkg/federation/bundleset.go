@@ -83,34 +83,40 @@ func Sets(members []Member, external []External) map[string]BundleSet {
 		bundle  Bundle
 		anchors []*x509.Certificate
 	}
-	peerCache := map[[2]string]*built{} // (workload td, peer td) -> bundle
+	// A peer's anchors and PEM are the same for every member trusting it;
+	// only the labels (the workload's trust domain) differ.
+	type shared struct {
+		anchors []*x509.Certificate
+		pem     string
+	}
+	peerCache := map[string]*shared{}
 	spiffeBundle := func(self Member, peer string) *built {
-		shared := peer != self.TrustDomain // one's own trust domain excludes one's own anchors
-		if b, ok := peerCache[[2]string{self.TrustDomain, peer}]; ok && shared {
-			return b
-		}
-		var anchors []*x509.Certificate
-		for _, c := range spiffe[peer] {
-			if c.member != self.Name {
-				anchors = append(anchors, c.anchors...)
+		own := peer == self.TrustDomain // one's own trust domain excludes one's own anchors
+		sh, ok := peerCache[peer]
+		if !ok || own {
+			var anchors []*x509.Certificate
+			for _, c := range spiffe[peer] {
+				if c.member != self.Name {
+					anchors = append(anchors, c.anchors...)
+				}
+			}
+			anchors = dedup(anchors)
+			sh = &shared{anchors: anchors, pem: string(signers.EncodeCertificatesPEM(anchors))}
+			if !own {
+				peerCache[peer] = sh
 			}
 		}
-		if len(anchors) == 0 {
+		if len(sh.anchors) == 0 {
 			return nil
 		}
-		anchors = dedup(anchors)
-		b := &built{anchors: anchors, bundle: Bundle{
+		return &built{anchors: sh.anchors, bundle: Bundle{
 			Name:       TrustDomainBundleName(peer),
 			SignerName: signers.SPIFFESignerName,
 			Labels: map[string]string{
 				LabelCanarying: CanaryingLive, LabelWorkloadTrustDomain: self.TrustDomain, LabelPeerTrustDomain: peer, LabelSource: SourceHub,
 			},
-			TrustBundle: string(signers.EncodeCertificatesPEM(anchors)),
+			TrustBundle: sh.pem,
 		}}
-		if shared {
-			peerCache[[2]string{self.TrustDomain, peer}] = b
-		}
-		return b
 	}
 	var clusterset *built
 	{

@@ -86,15 +86,31 @@ func (s *Store) Issuer(cluster string) string { return s.hubURL + "/clusters/" +
 // SetMember validates m, builds its documents and publishes them. On error
 // the member's previous documents stay served (fail-static).
 func (s *Store) SetMember(m Member) error {
-	docs, err := buildMember(s.hubURL, m, s.clock)
-	if err != nil {
-		return err
+	return s.SetMembers([]Member{m})[m.Name]
+}
+
+// SetMembers is SetMember for many members, published together: one copy
+// of the member table, not one per member.
+func (s *Store) SetMembers(ms []Member) map[string]error {
+	errs := map[string]error{}
+	built := make([]*memberDocs, 0, len(ms))
+	for _, m := range ms {
+		docs, err := buildMember(s.hubURL, m, s.clock)
+		if err != nil {
+			errs[m.Name] = err
+			continue
+		}
+		built = append(built, docs)
 	}
-	s.update(func(next *snapshot) {
-		next.members = maps.Clone(next.members)
-		next.members[docs.name] = docs
-	})
-	return nil
+	if len(built) > 0 {
+		s.update(func(next *snapshot) {
+			next.members = maps.Clone(next.members)
+			for _, docs := range built {
+				next.members[docs.name] = docs
+			}
+		})
+	}
+	return errs
 }
 
 // DeleteMember stops serving the member's documents and accepting its tokens.

@@ -4,9 +4,14 @@ import (
 	"context"
 	"crypto/x509"
 	"maps"
+	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	certsv1 "k8s.io/api/certificates/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -106,4 +111,26 @@ func TestFederationPushAndRemoval(t *testing.T) {
 		eb := east.hubBundles(t)
 		return len(eb) == 1 && holds(eb[cs], eastDNS...)
 	})
+
+	// The push is visible in the hub's and the agent's metrics, and a
+	// scrape of either succeeds.
+	resp, body := e.get(e.url + "/metrics")
+	for _, want := range []string{"anchorage_hub_bundle_set_changes_total", "anchorage_hub_long_polls", "anchorage_hub_bundle_set_compute_seconds_count", "go_goroutines"} {
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
+			t.Errorf("hub /metrics: %d, no %s in\n%.600s", resp.StatusCode, want, body)
+		}
+	}
+	mfs, err := prometheus.Gatherers{crmetrics.Registry, east.m.Agent.Registry}.Gather()
+	if err != nil {
+		t.Fatalf("the agent's metrics do not gather: %v", err)
+	}
+	var names []string
+	for _, mf := range mfs {
+		names = append(names, mf.GetName())
+	}
+	for _, want := range []string{"anchorage_agent_bundle_set_sequence", "anchorage_agent_federated_bundles", "anchorage_agent_ca_pool_cas", "go_goroutines"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("agent metrics lack %s", want)
+		}
+	}
 }

@@ -24,7 +24,6 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -92,7 +91,9 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) 
 		return nil, err
 	}
 	registry := prometheus.NewRegistry()
-	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Go and process metrics come from controller-runtime's registry,
+	// gathered beside this one: registering them here too would make
+	// every scrape fail on duplicates.
 
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                        Scheme(),
@@ -152,7 +153,7 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) 
 	(&api.Handler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Store: store, Namespace: opts.Namespace,
 		Clock: clock.RealClock{}, Log: log.WithName("agent-api"), MaxBodyBytes: opts.MaxBodyBytes,
-		Sets: sets, PollTimeout: opts.LongPollTimeout,
+		Sets: sets, PollTimeout: opts.LongPollTimeout, Writes: make(chan struct{}, opts.MaxConcurrentWrites),
 	}).Routes(r)
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) {

@@ -26,6 +26,7 @@ type Options struct {
 	MaxBodyBytes         int64
 	LongPollTimeout      time.Duration
 	Profiling            bool
+	MaxConcurrentWrites  int
 	LeaderElect          bool
 	KubeAPIQPS           float32
 	KubeAPIBurst         int
@@ -44,6 +45,7 @@ func NewOptions() *Options {
 		ReportLease:                 2 * time.Minute,
 		MaxBodyBytes:                federation.MaxBodyBytes,
 		LongPollTimeout:             60 * time.Second,
+		MaxConcurrentWrites:         32,
 		LeaderElect:                 true,
 		KubeAPIQPS:                  200,
 		KubeAPIBurst:                400,
@@ -67,6 +69,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.ReportLease, "report-lease", o.ReportLease, "A member that has not reported for this long is Ready=False (its documents stay served).")
 	fs.Int64Var(&o.MaxBodyBytes, "max-body-bytes", o.MaxBodyBytes, "Largest agent API request body accepted.")
 	fs.DurationVar(&o.LongPollTimeout, "long-poll-timeout", o.LongPollTimeout, "How long an agent's bundles call waits for a change before the hub answers 204 and the agent calls again.")
+	fs.IntVar(&o.MaxConcurrentWrites, "max-concurrent-writes", o.MaxConcurrentWrites, "Agent API status writes (joins, reports, acks) in flight to the hub's apiserver at once; more wait their turn.")
 	fs.BoolVar(&o.Profiling, "profiling", o.Profiling, "Serve Go's profiles at /debug/pprof/ (unauthenticated: for debugging only).")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "Elect a leader among hub replicas for writes; every replica serves reads.")
 	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "Client-side rate limit for the hub cluster's apiserver.")
@@ -85,8 +88,8 @@ func (o *Options) Validate() error {
 	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
 		errs = append(errs, errors.New("--tls-cert-file and --tls-key-file go together"))
 	}
-	if o.JoinTokenTTL <= 0 || o.ReportLease <= 0 || o.MaxBodyBytes <= 0 || o.LongPollTimeout <= 0 {
-		errs = append(errs, errors.New("--join-token-ttl, --report-lease, --max-body-bytes and --long-poll-timeout must be positive"))
+	if o.JoinTokenTTL <= 0 || o.ReportLease <= 0 || o.MaxBodyBytes <= 0 || o.LongPollTimeout <= 0 || o.MaxConcurrentWrites <= 0 {
+		errs = append(errs, errors.New("--join-token-ttl, --report-lease, --max-body-bytes, --long-poll-timeout and --max-concurrent-writes must be positive"))
 	}
 	return errors.Join(errs...)
 }

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	certsv1 "k8s.io/api/certificates/v1"
@@ -127,7 +126,9 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, options ...Option
 	strip := cache.TransformStripManagedFields()
 
 	registry := prometheus.NewRegistry()
-	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Go and process metrics come from controller-runtime's registry,
+	// gathered beside this one: registering them here too would make
+	// every scrape fail on duplicates.
 
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                        scheme,

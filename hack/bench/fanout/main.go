@@ -61,6 +61,7 @@ func main() {
 	members := flag.Int("members", 1000, "simulated members long-polling the hub")
 	changes := flag.Int("changes", 5, "anchor changes to measure; medians are printed")
 	profile = flag.String("cpuprofile", "", "save the hub's CPU profile during the first change to this file (experiments)")
+	heapProfile = flag.String("heapprofile", "", "save the hub's heap profile once every member has its first set (experiments)")
 	flag.Parse()
 	benchutil.QuietLogs(logr.Discard())
 	if err := run(context.Background(), *members, *changes); err != nil {
@@ -71,7 +72,7 @@ func main() {
 
 const kid = "bench-key"
 
-var profile *string
+var profile, heapProfile *string
 
 type bench struct {
 	hubURL string
@@ -146,6 +147,7 @@ func run(ctx context.Context, n, changes int) error {
 		return err
 	}
 
+
 	// The spokes: each long-polls, records when each sequence arrived,
 	// acks, and polls again.
 	type arrival struct {
@@ -216,6 +218,9 @@ func run(ctx context.Context, n, changes int) error {
 		}
 	}
 	settle()
+	if *heapProfile != "" {
+		fetch(ctx, b, "/debug/pprof/heap", *heapProfile)
+	}
 
 	var reach, median []time.Duration
 	for c := range changes {
@@ -226,7 +231,7 @@ func run(ctx context.Context, n, changes int) error {
 		before := maps(latest)
 		start := time.Now()
 		if c == 0 && *profile != "" {
-			go fetchProfile(ctx, b, *profile)
+			go fetch(ctx, b, "/debug/pprof/profile?seconds=3", *profile)
 		}
 		rep := federation.Report{Anchors: map[string]string{signers.SPIFFESignerName: string(signers.EncodeCertificatesPEM(anchors))}, JWKS: jwks, AgentVersion: "fanout"}
 		if err := b.call(ctx, "core", http.MethodPut, federation.ReportPath, rep, nil); err != nil {
@@ -258,9 +263,9 @@ func run(ctx context.Context, n, changes int) error {
 	return nil
 }
 
-// fetchProfile saves 3 s of the hub's CPU profile, for -cpuprofile.
-func fetchProfile(ctx context.Context, b *bench, path string) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, b.hubURL+"/debug/pprof/profile?seconds=3", nil)
+// fetch saves one of the hub's profiles (-cpuprofile, -heapprofile).
+func fetch(ctx context.Context, b *bench, profile, path string) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, b.hubURL+profile, nil)
 	resp, err := b.http.Do(req)
 	if err != nil {
 		benchutil.Progress("profile: %v", err)

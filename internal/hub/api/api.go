@@ -66,6 +66,24 @@ type Handler struct {
 	Sets BundleSets
 	// PollTimeout is how long a bundles call waits before 204.
 	PollTimeout time.Duration
+	// Writes bounds the status writes in flight (nil: unbounded). After a
+	// change a thousand members ack at once; beyond a few dozen, more
+	// writes in flight only queue in the apiserver and cost the hub a
+	// connection and buffers each.
+	Writes chan struct{}
+}
+
+// acquire takes a write slot, or fails when ctx ends first.
+func (h *Handler) acquire(ctx context.Context) (release func(), err error) {
+	if h.Writes == nil {
+		return func() {}, nil
+	}
+	select {
+	case h.Writes <- struct{}{}:
+		return func() { <-h.Writes }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // BundleSets hands out members' bundle sets as they change.
@@ -290,6 +308,12 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) {
 		h.unavailable(w, "recording the ack", err)
 		return
 	}
+	release, err := h.acquire(ctx)
+	if err != nil {
+		h.unavailable(w, "recording the ack", err)
+		return
+	}
+	defer release()
 	if err := h.Client.Status().Patch(ctx, mc, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldManager)); err != nil {
 		h.unavailable(w, "recording the ack", err)
 		return
@@ -317,6 +341,11 @@ func (h *Handler) member(ctx context.Context, w http.ResponseWriter, name string
 // updateStatus applies change to the member's latest status, retrying
 // conflicts, and writes nothing when nothing changed.
 func (h *Handler) updateStatus(ctx context.Context, name string, change func(*hubv1.MemberClusterStatus)) error {
+	release, err := h.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
 	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		var mc hubv1.MemberCluster
 		if err := h.APIReader.Get(ctx, client.ObjectKey{Name: name}, &mc); err != nil {

@@ -2,7 +2,6 @@ package members
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"sync"
@@ -29,7 +28,6 @@ import (
 	"github.com/anchorage-dev/anchorage/internal/hub/api"
 	hubv1 "github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1"
 	"github.com/anchorage-dev/anchorage/pkg/federation"
-	"github.com/anchorage-dev/anchorage/pkg/signers"
 )
 
 // SequencesConfigMap holds every member's bundle-set sequence: one key per
@@ -65,7 +63,7 @@ type BundleSets struct {
 	mu        sync.Mutex
 	published map[string]*published
 	waiters   map[string]chan struct{}
-	certs     map[string][]*x509.Certificate // PEM -> parsed, across rounds
+	anchors   anchorCache
 	// written is the sequences ConfigMap as this leader last wrote it:
 	// newer than the cache until the watch catches up, and the base of the
 	// next write (the cache's copy would conflict).
@@ -81,7 +79,7 @@ type published struct {
 // join, anchors or ack; a TrustDomain's bundle; the sequences; and once
 // when this replica becomes the leader.
 func (s *BundleSets) SetupWithManager(mgr ctrl.Manager) error {
-	s.published, s.waiters, s.certs = map[string]*published{}, map[string]chan struct{}{}, map[string][]*x509.Certificate{}
+	s.published, s.waiters = map[string]*published{}, map[string]chan struct{}{}
 	all := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{{}}
 	})
@@ -129,7 +127,6 @@ func (s *BundleSets) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 	}
 	assigned := decodeSequences(log, cm.Data)
 
-	used := map[string][]*x509.Certificate{}
 	applied := map[string]int64{}
 	var members []federation.Member
 	for i := range mcs.Items {
@@ -140,7 +137,7 @@ func (s *BundleSets) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 		applied[mc.Name] = mc.Status.AppliedBundleSequence
 		members = append(members, federation.Member{
 			Name: mc.Name, TrustDomain: mc.Spec.TrustDomain, FederatesWith: mc.Spec.FederatesWith, ClusterSet: mc.Spec.InClusterSet(),
-			Anchors: s.anchors(log, mc, used), AppliedDigest: mc.Status.AppliedBundleDigest,
+			Anchors: s.anchors.anchors(log, mc), AppliedDigest: mc.Status.AppliedBundleDigest,
 		})
 	}
 	var external []federation.External
@@ -176,9 +173,7 @@ func (s *BundleSets) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 		}
 	}
 	s.publish(log, sets, digests, assigned)
-	s.mu.Lock()
-	s.certs = used
-	s.mu.Unlock()
+	s.anchors.endRound()
 	if s.Metrics != nil {
 		s.Metrics.ComputeSeconds.Observe(time.Since(start).Seconds())
 	}
@@ -192,30 +187,6 @@ func (s *BundleSets) leading() bool {
 	default:
 		return false
 	}
-}
-
-// anchors parses a member's reported anchors, reusing the last round's
-// parse of the same PEM.
-func (s *BundleSets) anchors(log logr.Logger, mc *hubv1.MemberCluster, used map[string][]*x509.Certificate) map[string][]*x509.Certificate {
-	out := map[string][]*x509.Certificate{}
-	for _, a := range mc.Status.Anchors {
-		certs, ok := used[a.PEM]
-		if !ok {
-			s.mu.Lock()
-			certs, ok = s.certs[a.PEM]
-			s.mu.Unlock()
-		}
-		if !ok {
-			var err error
-			if certs, err = signers.ParseCertificatesPEM([]byte(a.PEM)); err != nil {
-				log.Error(err, "skipping unparsable anchors in status", "member", mc.Name, "signer", a.Signer)
-				continue
-			}
-		}
-		used[a.PEM] = certs
-		out[a.Signer] = certs
-	}
-	return out
 }
 
 // nextSequences bumps the sequence of every member whose digest changed

@@ -38,6 +38,10 @@ type Documents struct {
 	built bool
 	// served remembers what is in the Store, to drop what disappeared.
 	members, domains map[string]bool
+	// versions: the resourceVersion each member's documents were built
+	// from; an unchanged member is not rebuilt.
+	versions map[string]string
+	anchors  anchorCache
 }
 
 // SetupWithManager re-builds on any member or trust-domain change.
@@ -70,8 +74,9 @@ func (d *Documents) Reconcile(ctx context.Context, _ reconcile.Request) (reconci
 	if err := d.Reader.List(ctx, &tds, client.UnsafeDisableDeepCopy); err != nil {
 		return reconcile.Result{}, err
 	}
-	members, domains := map[string]bool{}, map[string]bool{}
+	members, domains, versions := map[string]bool{}, map[string]bool{}, map[string]string{}
 	byTD := map[string]*oidcbundle.TrustDomainBundle{}
+	var changed []oidcbundle.Member
 	for i := range mcs.Items {
 		mc := &mcs.Items[i]
 		if !meta.IsStatusConditionTrue(mc.Status.Conditions, hubv1.ConditionJoined) {
@@ -87,24 +92,14 @@ func (d *Documents) Reconcile(ctx context.Context, _ reconcile.Request) (reconci
 			Issuer:              mc.Spec.Issuer,
 			TrustDomain:         mc.Spec.TrustDomain,
 			JWKS:                []byte(mc.Status.JWKS),
-			Anchors:             map[string][]*x509.Certificate{},
+			Anchors:             d.anchors.anchors(log, mc),
 			AgentServiceAccount: saNS + "/" + saName,
 			SPIFFESequence:      uint64(mc.Status.AnchorsSequence),
 		}
-		for _, a := range mc.Status.Anchors {
-			certs, err := signers.ParseCertificatesPEM([]byte(a.PEM))
-			if err != nil {
-				log.Error(err, "skipping unparsable anchors in status", "cluster", mc.Name, "signer", a.Signer)
-				continue
-			}
-			m.Anchors[a.Signer] = certs
+		if d.versions[mc.Name] != mc.ResourceVersion {
+			changed = append(changed, m)
 		}
-		if err := d.Store.SetMember(m); err != nil {
-			// The old documents stay served; the status is fixed by the
-			// next report.
-			log.Error(err, "cannot serve member documents", "cluster", mc.Name)
-			continue
-		}
+		versions[mc.Name] = mc.ResourceVersion
 		members[mc.Name] = true
 		if spiffe := m.Anchors[signers.SPIFFESignerName]; len(spiffe) > 0 {
 			b := byTD[mc.Spec.TrustDomain]
@@ -115,6 +110,13 @@ func (d *Documents) Reconcile(ctx context.Context, _ reconcile.Request) (reconci
 			b.Anchors = append(b.Anchors, spiffe...)
 			b.Sequence += uint64(mc.Status.AnchorsSequence)
 		}
+	}
+	d.anchors.endRound()
+	for name, err := range d.Store.SetMembers(changed) {
+		// The old documents stay served; the status is fixed by the next
+		// report, and this member is rebuilt at the next round.
+		log.Error(err, "cannot serve member documents", "cluster", name)
+		delete(versions, name)
 	}
 	for i := range tds.Items {
 		td := &tds.Items[i]
@@ -145,7 +147,7 @@ func (d *Documents) Reconcile(ctx context.Context, _ reconcile.Request) (reconci
 			d.Store.DeleteTrustDomain(name)
 		}
 	}
-	d.members, d.domains = members, domains
+	d.members, d.domains, d.versions = members, domains, versions
 	if !d.built {
 		d.built = true
 		close(d.Ready)
