@@ -147,7 +147,6 @@ func run(ctx context.Context, n, changes int) error {
 		return err
 	}
 
-
 	// The spokes: each long-polls, records when each sequence arrived,
 	// acks, and polls again.
 	type arrival struct {
