@@ -42,6 +42,8 @@ type Hub struct {
 
 	ctx    context.Context
 	stops  []func()
+	// replicas stop the hub replicas (StopReplicas), apart from stops.
+	replicas []func()
 	log    logr.Logger
 	mutate []func(*hubapp.Options)
 	dir    string
@@ -117,12 +119,22 @@ func (h *Hub) StartReplica(name, externalURL string) (*hubapp.Hub, string, error
 			h.log.Error(err, "hub replica stopped", "replica", name)
 		}
 	}()
-	h.stops = append(h.stops, func() { cancel(); <-done })
+	h.replicas = append(h.replicas, func() { cancel(); <-done })
 	return hub, externalURL, nil
+}
+
+// StopReplicas stops every hub replica; the hub cluster keeps running
+// (a hub outage: StartReplica brings a hub back).
+func (h *Hub) StopReplicas() {
+	for i := len(h.replicas) - 1; i >= 0; i-- {
+		h.replicas[i]()
+	}
+	h.replicas = nil
 }
 
 // Stop stops the replicas, then the hub cluster.
 func (h *Hub) Stop() {
+	h.StopReplicas()
 	for i := len(h.stops) - 1; i >= 0; i-- {
 		h.stops[i]()
 	}

@@ -44,11 +44,11 @@ func (m *memberEnv) issue(t *testing.T, ctx context.Context, name string) {
 	}
 }
 
-// The hub becomes unreachable (a real cut of every agent connection)
-// while west starts a CA rotation: both agents keep their bundles and keep
-// signing, and west does not promote a CA nobody has confirmed. The hub
-// then comes back as another replica, with nothing in memory: the
-// rotation completes from what the API holds.
+// The hub stops (every replica; agents reach it through a proxy, as
+// through a Service) while west starts a CA rotation: both agents keep
+// their bundles and keep signing, and west does not promote a CA nobody
+// has confirmed. The hub then comes back, a new process with nothing in
+// memory: the rotation completes from what the API holds.
 func TestHubOutageRotationAndFailover(t *testing.T) {
 	localcluster.RequireAssets(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -75,6 +75,7 @@ func TestHubOutageRotationAndFailover(t *testing.T) {
 	oldWest := west.pool(t, signers.SPIFFESignerName).Anchors(time.Now())
 	poll(t, 30*time.Second, "east holds west's anchor", func() bool { return holds(east.hubBundles(t)[tdWest], oldWest...) })
 
+	e.sb.StopReplicas()
 	proxy.Cut()
 	rotate := &agentapp.CAOptions{Action: "rotate", Namespace: "anchorage-system", Wait: 30 * time.Second}
 	if err := agentapp.CA(ctx, west.cl.Config, rotate, []string{signers.SPIFFESignerName}, io.Discard); err != nil {
@@ -94,7 +95,7 @@ func TestHubOutageRotationAndFailover(t *testing.T) {
 		t.Fatal("east lost or changed west's bundle while the hub was away")
 	}
 
-	// The hub returns as a fresh replica behind the same address.
+	// The hub returns, a fresh process behind the same address.
 	replica, _ := e.startReplica("hub-0", e.url) // same name: same development certificate
 	proxy.SetTarget(replica.Addr())
 	if err := proxy.Restore(); err != nil {
