@@ -40,13 +40,13 @@ type Hub struct {
 	// HTTPS trusts the hub's certificate.
 	HTTPS *http.Client
 
-	ctx    context.Context
-	stops  []func()
+	ctx   context.Context
+	stops []func()
 	// replicas stop the hub replicas (StopReplicas), apart from stops.
 	replicas []func()
-	log    logr.Logger
-	mutate []func(*hubapp.Options)
-	dir    string
+	log      logr.Logger
+	mutate   []func(*hubapp.Options)
+	dir      string
 }
 
 // HubOptions configures StartHub.
