@@ -51,3 +51,25 @@ generate: ## Regenerate pkg/apis deepcopy code and the hub CRDs (controller-gen 
 
 verify-generate: ## Fail with a diff if the generated code or CRDs are stale.
 	hack/verify-generate.sh
+
+# Container images (build/Dockerfile, one target per binary). This machine
+# may have no container engine: `make image-binaries` builds the same
+# static binaries with the same flags, without one.
+IMAGE_REPO     ?= ghcr.io/anchorage-dev/anchorage
+IMAGE_TAG      ?= dev
+CONTAINER_TOOL ?= docker
+IMAGE_BINARIES := hub member-agent demo-workload
+
+.PHONY: images image-binaries image-tool $(addprefix image-,$(IMAGE_BINARIES))
+
+images: $(addprefix image-,$(IMAGE_BINARIES)) ## Build the hub, member-agent and demo-workload images: ghcr.io/anchorage-dev/anchorage/<name>:dev (IMAGE_REPO, IMAGE_TAG; CONTAINER_TOOL=podman).
+
+$(addprefix image-,$(IMAGE_BINARIES)): image-%: image-tool
+	$(CONTAINER_TOOL) build -f build/Dockerfile --target $* -t $(IMAGE_REPO)/$*:$(IMAGE_TAG) .
+
+image-tool:
+	@command -v $(CONTAINER_TOOL) >/dev/null 2>&1 || { echo "images: $(CONTAINER_TOOL) is not installed: install Docker, or Podman and run with CONTAINER_TOOL=podman" >&2; exit 1; }
+	@$(CONTAINER_TOOL) info >/dev/null 2>&1 || { echo "images: $(CONTAINER_TOOL) is installed but cannot reach its engine ('$(CONTAINER_TOOL) info' fails): start it, or set CONTAINER_TOOL=podman" >&2; exit 1; }
+
+image-binaries: ## Build the images' static binaries (CGO_ENABLED=0, -trimpath, -s -w) into ./bin; build/Dockerfile runs this.
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/ $(addprefix ./cmd/,$(IMAGE_BINARIES))

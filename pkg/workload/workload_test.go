@@ -3,12 +3,7 @@ package workload_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +20,7 @@ import (
 
 	"github.com/anchorage-dev/anchorage/pkg/signers"
 	"github.com/anchorage-dev/anchorage/pkg/workload"
+	"github.com/anchorage-dev/anchorage/pkg/workload/workloadtest"
 )
 
 var (
@@ -32,75 +28,7 @@ var (
 	west = spiffeid.RequireTrustDomainFromString("west.anchorage.test")
 )
 
-// --- certificates ---
-
-type testCA struct {
-	pool   *signers.Pool
-	issuer string
-}
-
-func newSPIFFECA(t *testing.T, td spiffeid.TrustDomain, cluster string) *testCA {
-	t.Helper()
-	issuer := "https://" + cluster + ".issuer.test"
-	return newCA(t, signers.SPIFFECAProfile(cluster, td.Name(), issuer), issuer)
-}
-
-func newCA(t *testing.T, profile signers.CAProfile, issuer string) *testCA {
-	t.Helper()
-	ca, err := signers.NewCA(signers.Env{}, profile, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca.State = signers.StateActive
-	return &testCA{pool: &signers.Pool{Signer: profile.Signer, CAs: []*signers.CA{ca}}, issuer: issuer}
-}
-
-func (c *testCA) anchorPEM() []byte {
-	return signers.EncodeCertificatesPEM([]*x509.Certificate{c.pool.CAs[0].Anchor()})
-}
-
-type leaf struct {
-	keyPEM, chainPEM []byte
-	serial           *big.Int
-}
-
-// bundle is the credential bundle as the kubelet writes it: the PKCS#8
-// key, then the chain.
-func (l leaf) bundle() []byte { return append(append([]byte{}, l.keyPEM...), l.chainPEM...) }
-
-func (c *testCA) issue(t *testing.T, tmpl *x509.Certificate) leaf {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	iss, err := signers.Sign(signers.Env{}, c.pool, c.issuer, tmpl, key.Public(), 86400)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chain, err := iss.Chain()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return leaf{
-		keyPEM:   pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}),
-		chainPEM: iss.ChainPEM(),
-		serial:   chain[0].SerialNumber,
-	}
-}
-
-func (c *testCA) spiffeLeaf(t *testing.T, td spiffeid.TrustDomain, ns, sa string) leaf {
-	t.Helper()
-	tmpl, err := signers.SPIFFELeaf(td, ns, sa)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c.issue(t, tmpl)
-}
+// --- certificates: pkg/workload/workloadtest ---
 
 func spiffeID(td spiffeid.TrustDomain, ns, sa string) spiffeid.ID {
 	return spiffeid.RequireFromSegments(td, "ns", ns, "sa", sa)
@@ -307,12 +235,12 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // --- tests ---
 
 func TestSPIFFEMTLS(t *testing.T) {
-	eastCA, westCA := newSPIFFECA(t, east, "east-1"), newSPIFFECA(t, west, "west-1")
-	bundles := map[spiffeid.TrustDomain][]byte{east: eastCA.anchorPEM(), west: westCA.anchorPEM()}
+	eastCA, westCA := workloadtest.NewSPIFFECA(t, east, "east-1"), workloadtest.NewSPIFFECA(t, west, "west-1")
+	bundles := map[spiffeid.TrustDomain][]byte{east: eastCA.AnchorPEM(), west: westCA.AnchorPEM()}
 	clientID, serverID := spiffeID(east, "shop", "frontend"), spiffeID(west, "shop", "backend")
 
-	client := newPod(t, eastCA.spiffeLeaf(t, east, "shop", "frontend").bundle(), bundles, nil)
-	server := newPod(t, westCA.spiffeLeaf(t, west, "shop", "backend").bundle(), bundles, nil)
+	client := newPod(t, eastCA.Issue(t, workloadtest.SPIFFELeaf(t, east, "shop", "frontend")).Bundle(), bundles, nil)
+	server := newPod(t, westCA.Issue(t, workloadtest.SPIFFELeaf(t, west, "shop", "backend")).Bundle(), bundles, nil)
 
 	svid, err := client.src.GetX509SVID()
 	if err != nil || svid.ID != clientID {
@@ -337,13 +265,13 @@ func TestSPIFFEMTLS(t *testing.T) {
 	})
 	t.Run("client holds the wrong trust domain's bundle", func(t *testing.T) {
 		// west's file holds east's anchors: never trust across domains.
-		wrong := newPod(t, eastCA.spiffeLeaf(t, east, "shop", "frontend").bundle(),
-			map[spiffeid.TrustDomain][]byte{east: eastCA.anchorPEM(), west: eastCA.anchorPEM()}, nil)
+		wrong := newPod(t, eastCA.Issue(t, workloadtest.SPIFFELeaf(t, east, "shop", "frontend")).Bundle(),
+			map[spiffeid.TrustDomain][]byte{east: eastCA.AnchorPEM(), west: eastCA.AnchorPEM()}, nil)
 		mustFail(t, addr, wrong.src.ClientConfig(tlsconfig.AuthorizeID(serverID)), "x509svid")
 	})
 	t.Run("client has no bundle for the server's trust domain", func(t *testing.T) {
-		only := newPod(t, eastCA.spiffeLeaf(t, east, "shop", "frontend").bundle(),
-			map[spiffeid.TrustDomain][]byte{east: eastCA.anchorPEM()}, nil)
+		only := newPod(t, eastCA.Issue(t, workloadtest.SPIFFELeaf(t, east, "shop", "frontend")).Bundle(),
+			map[spiffeid.TrustDomain][]byte{east: eastCA.AnchorPEM()}, nil)
 		mustFail(t, addr, only.src.ClientConfig(tlsconfig.AuthorizeID(serverID)), "no trust bundle")
 	})
 	t.Run("a peer of the same trust domain", func(t *testing.T) {
@@ -361,39 +289,39 @@ func x509svidID(c *tls.Conn) (spiffeid.ID, error) {
 }
 
 func TestRotation(t *testing.T) {
-	eastCA, westCA := newSPIFFECA(t, east, "east-1"), newSPIFFECA(t, west, "west-1")
-	bundles := map[spiffeid.TrustDomain][]byte{east: eastCA.anchorPEM(), west: westCA.anchorPEM()}
+	eastCA, westCA := workloadtest.NewSPIFFECA(t, east, "east-1"), workloadtest.NewSPIFFECA(t, west, "west-1")
+	bundles := map[spiffeid.TrustDomain][]byte{east: eastCA.AnchorPEM(), west: westCA.AnchorPEM()}
 	serverID := spiffeID(west, "shop", "backend")
-	client := newPod(t, eastCA.spiffeLeaf(t, east, "shop", "frontend").bundle(), bundles, nil)
-	first := westCA.spiffeLeaf(t, west, "shop", "backend")
-	server := newPod(t, first.bundle(), bundles, nil)
+	client := newPod(t, eastCA.Issue(t, workloadtest.SPIFFELeaf(t, east, "shop", "frontend")).Bundle(), bundles, nil)
+	first := westCA.Issue(t, workloadtest.SPIFFELeaf(t, west, "shop", "backend"))
+	server := newPod(t, first.Bundle(), bundles, nil)
 
 	addr := echoServer(t, server.src.ServerConfig(tlsconfig.AuthorizeMemberOf(east)))
 	clientCfg := client.src.ClientConfig(tlsconfig.AuthorizeID(serverID))
 	old := mustDial(t, addr, clientCfg)
-	if peerSerial(old).Cmp(first.serial) != 0 {
-		t.Fatalf("server presented serial %s, want %s", peerSerial(old), first.serial)
+	if peerSerial(old).Cmp(first.Serial) != 0 {
+		t.Fatalf("server presented serial %s, want %s", peerSerial(old), first.Serial)
 	}
 
-	second := westCA.spiffeLeaf(t, west, "shop", "backend")
-	server.update(t, workload.CredentialBundleFileName, second.bundle())
+	second := westCA.Issue(t, workloadtest.SPIFFELeaf(t, west, "shop", "backend"))
+	server.update(t, workload.CredentialBundleFileName, second.Bundle())
 	waitFor(t, "the new server certificate", func() bool {
-		return server.src.Certificate().Leaf.SerialNumber.Cmp(second.serial) == 0
+		return server.src.Certificate().Leaf.SerialNumber.Cmp(second.Serial) == 0
 	})
 
 	if err := roundTrip(old, "after the swap"); err != nil {
 		t.Errorf("established connection after the swap: %v", err)
 	}
-	if peerSerial(old).Cmp(first.serial) != 0 {
+	if peerSerial(old).Cmp(first.Serial) != 0 {
 		t.Errorf("established connection's peer changed")
 	}
 	fresh := mustDial(t, addr, clientCfg)
-	if got := peerSerial(fresh); got.Cmp(second.serial) != 0 {
-		t.Errorf("new handshake: serial %s, want the new %s", got, second.serial)
+	if got := peerSerial(fresh); got.Cmp(second.Serial) != 0 {
+		t.Errorf("new handshake: serial %s, want the new %s", got, second.Serial)
 	}
 
 	t.Run("half-written credential keeps the last good one", func(t *testing.T) {
-		b := second.bundle()
+		b := second.Bundle()
 		server.update(t, workload.CredentialBundleFileName, b[:len(b)*2/3])
 		select {
 		case err := <-server.errs:
@@ -401,23 +329,23 @@ func TestRotation(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("no error reported for a half-written credential")
 		}
-		if got := server.src.Certificate().Leaf.SerialNumber; got.Cmp(second.serial) != 0 {
-			t.Errorf("serial %s after a bad reload, want %s kept", got, second.serial)
+		if got := server.src.Certificate().Leaf.SerialNumber; got.Cmp(second.Serial) != 0 {
+			t.Errorf("serial %s after a bad reload, want %s kept", got, second.Serial)
 		}
 		c := mustDial(t, addr, clientCfg)
-		if got := peerSerial(c); got.Cmp(second.serial) != 0 {
-			t.Errorf("handshake after a bad reload: serial %s, want %s", got, second.serial)
+		if got := peerSerial(c); got.Cmp(second.Serial) != 0 {
+			t.Errorf("handshake after a bad reload: serial %s, want %s", got, second.Serial)
 		}
 		if err := roundTrip(old, "still there"); err != nil {
 			t.Errorf("first connection: %v", err)
 		}
 	})
 	t.Run("garbage and mismatched key are rejected", func(t *testing.T) {
-		third := westCA.spiffeLeaf(t, west, "shop", "backend")
+		third := westCA.Issue(t, workloadtest.SPIFFELeaf(t, west, "shop", "backend"))
 		for name, data := range map[string][]byte{
 			"garbage":      []byte("not PEM at all"),
-			"key mismatch": append(append([]byte{}, first.keyPEM...), third.chainPEM...),
-			"no chain":     third.keyPEM,
+			"key mismatch": append(append([]byte{}, first.KeyPEM...), third.ChainPEM...),
+			"no chain":     third.KeyPEM,
 		} {
 			server.update(t, workload.CredentialBundleFileName, data)
 			select {
@@ -427,33 +355,33 @@ func TestRotation(t *testing.T) {
 				t.Fatalf("%s: no error reported", name)
 			}
 		}
-		if got := server.src.Certificate().Leaf.SerialNumber; got.Cmp(second.serial) != 0 {
-			t.Errorf("serial %s, want %s kept", got, second.serial)
+		if got := server.src.Certificate().Leaf.SerialNumber; got.Cmp(second.Serial) != 0 {
+			t.Errorf("serial %s, want %s kept", got, second.Serial)
 		}
 		// A good file again is picked up.
-		server.update(t, workload.CredentialBundleFileName, third.bundle())
-		waitFor(t, "recovery", func() bool { return server.src.Certificate().Leaf.SerialNumber.Cmp(third.serial) == 0 })
-		if got := peerSerial(mustDial(t, addr, clientCfg)); got.Cmp(third.serial) != 0 {
-			t.Errorf("serial %s, want %s", got, third.serial)
+		server.update(t, workload.CredentialBundleFileName, third.Bundle())
+		waitFor(t, "recovery", func() bool { return server.src.Certificate().Leaf.SerialNumber.Cmp(third.Serial) == 0 })
+		if got := peerSerial(mustDial(t, addr, clientCfg)); got.Cmp(third.Serial) != 0 {
+			t.Errorf("serial %s, want %s", got, third.Serial)
 		}
 	})
 }
 
 func TestTrustBundleChange(t *testing.T) {
-	east1, east2 := newSPIFFECA(t, east, "east-1"), newSPIFFECA(t, east, "east-2")
-	westCA := newSPIFFECA(t, west, "west-1")
+	east1, east2 := workloadtest.NewSPIFFECA(t, east, "east-1"), workloadtest.NewSPIFFECA(t, east, "east-2")
+	westCA := workloadtest.NewSPIFFECA(t, west, "west-1")
 	serverID := spiffeID(west, "shop", "backend")
-	server := newPod(t, westCA.spiffeLeaf(t, west, "shop", "backend").bundle(),
-		map[spiffeid.TrustDomain][]byte{east: east1.anchorPEM(), west: westCA.anchorPEM()}, nil)
+	server := newPod(t, westCA.Issue(t, workloadtest.SPIFFELeaf(t, west, "shop", "backend")).Bundle(),
+		map[spiffeid.TrustDomain][]byte{east: east1.AnchorPEM(), west: westCA.AnchorPEM()}, nil)
 	// The client's leaf comes from a second cluster of the east trust domain.
-	client := newPod(t, east2.spiffeLeaf(t, east, "shop", "frontend").bundle(),
-		map[spiffeid.TrustDomain][]byte{west: westCA.anchorPEM()}, nil)
+	client := newPod(t, east2.Issue(t, workloadtest.SPIFFELeaf(t, east, "shop", "frontend")).Bundle(),
+		map[spiffeid.TrustDomain][]byte{west: westCA.AnchorPEM()}, nil)
 
 	addr := echoServer(t, server.src.ServerConfig(tlsconfig.AuthorizeMemberOf(east)))
 	cfg := client.src.ClientConfig(tlsconfig.AuthorizeID(serverID))
 	mustFail(t, addr, cfg, "")
 
-	server.update(t, workload.TrustBundleFileName(east), append(east1.anchorPEM(), east2.anchorPEM()...))
+	server.update(t, workload.TrustBundleFileName(east), append(east1.AnchorPEM(), east2.AnchorPEM()...))
 	waitFor(t, "the east bundle with two anchors", func() bool {
 		b, err := server.src.GetX509BundleForTrustDomain(east)
 		return err == nil && len(b.X509Authorities()) == 2
@@ -473,52 +401,52 @@ func TestTrustBundleChange(t *testing.T) {
 
 func TestDNS(t *testing.T) {
 	issuer := "https://east-1.issuer.test"
-	dnsCA := newCA(t, signers.ServiceDNSCAProfile("east-1", "cluster.local", issuer), issuer)
+	dnsCA := workloadtest.NewCA(t, signers.ServiceDNSCAProfile("east-1", "cluster.local", issuer), issuer)
 	tmpl, err := signers.ServiceDNSLeaf([]string{"web.ns.svc", "web.ns.svc.cluster.local"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	first := dnsCA.issue(t, tmpl)
-	server := newPod(t, first.bundle(), nil, nil)
-	client := newPod(t, nil, nil, dnsCA.anchorPEM())
+	first := dnsCA.Issue(t, tmpl)
+	server := newPod(t, first.Bundle(), nil, nil)
+	client := newPod(t, nil, nil, dnsCA.AnchorPEM())
 
 	if _, err := server.src.GetX509SVID(); err == nil {
 		t.Error("GetX509SVID on a service-dns credential: want an error")
 	}
 	addr := echoServer(t, server.src.DNSServerConfig())
 	c := mustDial(t, addr, client.src.DNSClientConfig("web.ns.svc"))
-	if peerSerial(c).Cmp(first.serial) != 0 {
-		t.Errorf("serial %s, want %s", peerSerial(c), first.serial)
+	if peerSerial(c).Cmp(first.Serial) != 0 {
+		t.Errorf("serial %s, want %s", peerSerial(c), first.Serial)
 	}
 	mustDial(t, addr, client.src.DNSClientConfig("web.ns.svc.cluster.local"))
 	mustFail(t, addr, client.src.DNSClientConfig("api.ns.svc"), "api.ns.svc")
 
 	t.Run("other CA", func(t *testing.T) {
-		otherCA := newCA(t, signers.ServiceDNSCAProfile("west-1", "cluster.local", issuer), issuer)
-		stranger := newPod(t, nil, nil, otherCA.anchorPEM())
+		otherCA := workloadtest.NewCA(t, signers.ServiceDNSCAProfile("west-1", "cluster.local", issuer), issuer)
+		stranger := newPod(t, nil, nil, otherCA.AnchorPEM())
 		mustFail(t, addr, stranger.src.DNSClientConfig("web.ns.svc"), "unknown authority")
 	})
 	t.Run("rotation", func(t *testing.T) {
-		second := dnsCA.issue(t, tmpl)
-		server.update(t, workload.CredentialBundleFileName, second.bundle())
+		second := dnsCA.Issue(t, tmpl)
+		server.update(t, workload.CredentialBundleFileName, second.Bundle())
 		waitFor(t, "new DNS certificate", func() bool {
-			return server.src.Certificate().Leaf.SerialNumber.Cmp(second.serial) == 0
+			return server.src.Certificate().Leaf.SerialNumber.Cmp(second.Serial) == 0
 		})
 		if err := roundTrip(c, "still up"); err != nil {
 			t.Errorf("established connection: %v", err)
 		}
-		if got := peerSerial(mustDial(t, addr, client.src.DNSClientConfig("web.ns.svc"))); got.Cmp(second.serial) != 0 {
-			t.Errorf("serial %s, want %s", got, second.serial)
+		if got := peerSerial(mustDial(t, addr, client.src.DNSClientConfig("web.ns.svc"))); got.Cmp(second.Serial) != 0 {
+			t.Errorf("serial %s, want %s", got, second.Serial)
 		}
 	})
 	t.Run("roots reload", func(t *testing.T) {
-		otherCA := newCA(t, signers.ServiceDNSCAProfile("west-1", "cluster.local", issuer), issuer)
-		other := otherCA.issue(t, tmpl)
-		otherServer := newPod(t, other.bundle(), nil, nil)
+		otherCA := workloadtest.NewCA(t, signers.ServiceDNSCAProfile("west-1", "cluster.local", issuer), issuer)
+		other := otherCA.Issue(t, tmpl)
+		otherServer := newPod(t, other.Bundle(), nil, nil)
 		otherAddr := echoServer(t, otherServer.src.DNSServerConfig())
 		cfg := client.src.DNSClientConfig("web.ns.svc")
 		mustFail(t, otherAddr, cfg, "unknown authority")
-		client.update(t, "service-dns-ca.pem", append(dnsCA.anchorPEM(), otherCA.anchorPEM()...))
+		client.update(t, "service-dns-ca.pem", append(dnsCA.AnchorPEM(), otherCA.AnchorPEM()...))
 		waitFor(t, "new DNS roots", func() bool {
 			c, err := dial(t, otherAddr, cfg)
 			if err != nil {
@@ -531,10 +459,10 @@ func TestDNS(t *testing.T) {
 }
 
 func TestSeparateKeyAndChainFiles(t *testing.T) {
-	westCA := newSPIFFECA(t, west, "west-1")
-	l := westCA.spiffeLeaf(t, west, "shop", "backend")
+	westCA := workloadtest.NewSPIFFECA(t, west, "west-1")
+	l := westCA.Issue(t, workloadtest.SPIFFELeaf(t, west, "shop", "backend"))
 	vol := newProjected(t)
-	vol.write(t, map[string][]byte{"tls.key": l.keyPEM, "tls.crt": l.chainPEM, "ca.pem": westCA.anchorPEM()})
+	vol.write(t, map[string][]byte{"tls.key": l.KeyPEM, "tls.crt": l.ChainPEM, "ca.pem": westCA.AnchorPEM()})
 	src, err := workload.New(t.Context(), workload.Options{
 		KeyFile:              vol.path("tls.key"),
 		CertificateChainFile: vol.path("tls.crt"),
@@ -550,9 +478,9 @@ func TestSeparateKeyAndChainFiles(t *testing.T) {
 	if err != nil || svid.ID != spiffeID(west, "shop", "backend") {
 		t.Fatalf("SVID %v, %v", svid, err)
 	}
-	next := westCA.spiffeLeaf(t, west, "shop", "backend")
-	vol.write(t, map[string][]byte{"tls.key": next.keyPEM, "tls.crt": next.chainPEM, "ca.pem": westCA.anchorPEM()})
-	waitFor(t, "periodic reload", func() bool { return src.Certificate().Leaf.SerialNumber.Cmp(next.serial) == 0 })
+	next := westCA.Issue(t, workloadtest.SPIFFELeaf(t, west, "shop", "backend"))
+	vol.write(t, map[string][]byte{"tls.key": next.KeyPEM, "tls.crt": next.ChainPEM, "ca.pem": westCA.AnchorPEM()})
+	waitFor(t, "periodic reload", func() bool { return src.Certificate().Leaf.SerialNumber.Cmp(next.Serial) == 0 })
 
 	addr := echoServer(t, src.ServerConfig(tlsconfig.AuthorizeAny()))
 	mustDial(t, addr, src.ClientConfig(tlsconfig.AuthorizeMemberOf(west)))

@@ -39,6 +39,7 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 		{"attest for anchorage.dev/service-dns", signer("attest", "anchorage.dev/service-dns"), true},
 		{"update request status", authzv1.ResourceAttributes{Group: "certificates.k8s.io", Resource: "podcertificaterequests", Subresource: "status", Verb: "update", Namespace: "any"}, true},
 		{"read its CA pool", authzv1.ResourceAttributes{Resource: "secrets", Verb: "get", Namespace: "anchorage-system", Name: "anchorage-ca-spiffe"}, true},
+		{"read its join token", authzv1.ResourceAttributes{Resource: "secrets", Verb: "get", Namespace: "anchorage-system", Name: "anchorage-join-token"}, true},
 
 		{"sign for a Kubernetes signer", signer("sign", "kubernetes.io/kube-apiserver-client-pod"), false},
 		{"sign for another anchorage.dev signer", signer("sign", "anchorage.dev/other"), false},
