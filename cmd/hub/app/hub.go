@@ -137,7 +137,7 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) 
 	}
 	status := &members.StatusReconciler{
 		Client: mgr.GetClient(), Namespace: opts.Namespace, Clock: clock.RealClock{}, Recorder: recorder,
-		TokenTTL: opts.JoinTokenTTL, ReportLease: opts.ReportLease, Sets: sets,
+		TokenTTL: opts.JoinTokenTTL, ReportLease: opts.ReportLease, Sets: sets, HubURL: opts.ExternalURL,
 	}
 	if err := status.SetupWithManager(mgr); err != nil {
 		return nil, err

@@ -39,6 +39,10 @@ const (
 	RequestAbort = "abort"
 )
 
+// gateRecheck is how often a next CA waiting on the gate is looked at
+// again, besides every bundle set applied.
+const gateRecheck = 30 * time.Second
+
 // Gate says whether a next CA may be promoted: whether every member that
 // trusts this cluster has applied a bundle set holding its anchor.
 type Gate interface {
@@ -188,7 +192,9 @@ func (r *Rotation) step(pool *signers.Pool, request string, sc SignerConfig, now
 		case wait > 0:
 			return nil, wait, "", nil
 		case r.Gate != nil && !r.Gate.Distributed(signer, skid):
-			return nil, 0, "", nil // the gate's next change re-queues
+			// The gate's next change re-queues at once; the periodic look
+			// keeps anchorage_agent_ca_next_age_seconds growing meanwhile.
+			return nil, gateRecheck, "", nil
 		}
 		promoted, err := pool.Promoted(now)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -36,6 +37,9 @@ type StatusReconciler struct {
 	// applied its current bundle set for this long, is not Ready (like
 	// OCM's lease).
 	ReportLease time.Duration
+	// HubURL, when set, is checked against each member's issuer, which
+	// must be <HubURL>/clusters/<name> for the hub to serve it.
+	HubURL string
 	// Sets tells the member's current bundle-set sequence; nil skips the
 	// applied check.
 	Sets interface {
@@ -97,7 +101,13 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		}
 	}
 
+	wantIssuer := strings.TrimSuffix(r.HubURL, "/") + "/clusters/" + mc.Name
 	switch {
+	case r.HubURL != "" && mc.Spec.Issuer != wantIssuer:
+		// The hub serves a member's documents only under its own URL; the
+		// agent would get "unknown cluster" on every call.
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: hubv1.ConditionReady, Status: metav1.ConditionFalse, Reason: hubv1.ReasonInvalidSpec,
+			Message: fmt.Sprintf("spec.issuer is %q, but this hub serves member %s at %q: re-create the MemberCluster with that issuer and set the member apiserver's --service-account-issuer to it", mc.Spec.Issuer, mc.Name, wantIssuer)})
 	case !joined:
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: hubv1.ConditionReady, Status: metav1.ConditionFalse, Reason: hubv1.ReasonNotJoined, Message: "the agent has not joined"})
 	case st.LastReportTime == nil:

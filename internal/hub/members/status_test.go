@@ -2,6 +2,7 @@ package members
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,5 +72,32 @@ func TestReadyWaitsForTheAppliedBundleSet(t *testing.T) {
 				t.Errorf("requeue after %v, want (0, %v]", res.RequeueAfter, tc.wantRequeue)
 			}
 		})
+	}
+}
+
+// A member whose issuer is not under this hub's URL says so, rather than
+// leaving its agent with "unknown cluster" on every call.
+func TestIssuerOutsideTheHub(t *testing.T) {
+	s := runtime.NewScheme()
+	if err := hubv1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	mc := &hubv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "east"}, Spec: hubv1.MemberClusterSpec{Issuer: "https://elsewhere.example/clusters/east", TrustDomain: "east.example"}}
+	c := fake.NewClientBuilder().WithScheme(s).WithStatusSubresource(&hubv1.MemberCluster{}).WithObjects(mc).Build()
+	r := &StatusReconciler{Client: c, Namespace: "anchorage-hub", Clock: clocktesting.NewFakePassiveClock(time.Now()), Recorder: events.NewFakeRecorder(10),
+		TokenTTL: time.Hour, ReportLease: time.Minute, HubURL: "https://hub.example/"}
+	if _, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(mc)}); err != nil {
+		t.Fatal(err)
+	}
+	var got hubv1.MemberCluster
+	if err := c.Get(context.Background(), client.ObjectKeyFromObject(mc), &got); err != nil {
+		t.Fatal(err)
+	}
+	ready := meta.FindStatusCondition(got.Status.Conditions, hubv1.ConditionReady)
+	if ready == nil || ready.Reason != hubv1.ReasonInvalidSpec || !strings.Contains(ready.Message, `"https://hub.example/clusters/east"`) {
+		t.Errorf("Ready = %+v, want InvalidSpec naming the issuer to use", ready)
 	}
 }
