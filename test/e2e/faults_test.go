@@ -64,13 +64,7 @@ func TestHubOutageRotationAndFailover(t *testing.T) {
 	}
 	defer proxy.Close()
 	viaProxy := func(o *agentapp.Options) { o.HubURL, o.CAPromotionDelay = "https://"+proxy.Addr(), 0 }
-	east := e.startMemberWith("east", "east.example", []string{"west.example"}, viaProxy)
-	west := e.startMemberWith("west", "west.example", []string{"east.example"}, viaProxy)
-	for _, name := range []string{"east", "west"} {
-		if err := e.sb.WaitReady(ctx, name, 60*time.Second); err != nil {
-			t.Fatal(err)
-		}
-	}
+	east, west := e.startPair(viaProxy)
 	tdWest := federation.TrustDomainBundleName("west.example")
 	oldWest := west.pool(t, signers.SPIFFESignerName).Anchors(time.Now())
 	poll(t, 30*time.Second, "east holds west's anchor", func() bool { return holds(east.hubBundles(t)[tdWest], oldWest...) })
@@ -149,13 +143,7 @@ func TestAgentRestartConverges(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	e := startHub(t, ctx)
-	east := e.startMember("east", "east.example", "west.example")
-	west := e.startMember("west", "west.example", "east.example")
-	for _, name := range []string{"east", "west"} {
-		if err := e.sb.WaitReady(ctx, name, 60*time.Second); err != nil {
-			t.Fatal(err)
-		}
-	}
+	east, west := e.startPair()
 	tdWest := federation.TrustDomainBundleName("west.example")
 	poll(t, 30*time.Second, "east holds west's bundle and acked it", func() bool {
 		return len(east.hubBundles(t)[tdWest]) == 1 && e.member("east").Status.AppliedBundleSequence > 0

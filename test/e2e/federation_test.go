@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
+	agentapp "github.com/anchorage-dev/anchorage/cmd/member-agent/app"
 	certsv1 "k8s.io/api/certificates/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -53,6 +54,20 @@ func holds(certs []*x509.Certificate, want ...*x509.Certificate) bool {
 	return true
 }
 
+// startPair starts members east and west, each federating with the other
+// (agent adjusts both agents), and waits until both are joined and ready.
+func (e *hubEnv) startPair(agent ...func(*agentapp.Options)) (east, west *memberEnv) {
+	e.t.Helper()
+	east = e.startMemberWith("east", "east.example", []string{"west.example"}, agent...)
+	west = e.startMemberWith("west", "west.example", []string{"east.example"}, agent...)
+	for _, name := range []string{"east", "west"} {
+		if err := e.sb.WaitReady(e.ctx, name, 60*time.Second); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	return east, west
+}
+
 // The hub pushes each member the bundles of the trust domains it
 // federates with and the clusterset bundle; removing a trust domain from
 // federatesWith, or a member from the hub, removes its anchors everywhere.
@@ -61,13 +76,7 @@ func TestFederationPushAndRemoval(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	e := startHub(t, ctx)
-	east := e.startMember("east", "east.example", "west.example")
-	west := e.startMember("west", "west.example", "east.example")
-	for _, name := range []string{"east", "west"} {
-		if err := e.sb.WaitReady(ctx, name, 60*time.Second); err != nil {
-			t.Fatal(err)
-		}
-	}
+	east, west := e.startPair()
 	eastSPIFFE, eastDNS := east.pool(t, signers.SPIFFESignerName).Anchors(time.Now()), east.pool(t, signers.ServiceDNSSignerName).Anchors(time.Now())
 	westSPIFFE, westDNS := west.pool(t, signers.SPIFFESignerName).Anchors(time.Now()), west.pool(t, signers.ServiceDNSSignerName).Anchors(time.Now())
 	tdWest, tdEast, cs := federation.TrustDomainBundleName("west.example"), federation.TrustDomainBundleName("east.example"), federation.ClustersetBundleName()
