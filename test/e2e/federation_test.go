@@ -11,13 +11,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
-
-	agentapp "github.com/anchorage-dev/anchorage/cmd/member-agent/app"
 	certsv1 "k8s.io/api/certificates/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
+	agentapp "github.com/anchorage-dev/anchorage/cmd/member-agent/app"
 	"github.com/anchorage-dev/anchorage/internal/localcluster"
 	"github.com/anchorage-dev/anchorage/pkg/federation"
 	"github.com/anchorage-dev/anchorage/pkg/signers"
