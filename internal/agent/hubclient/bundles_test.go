@@ -8,30 +8,16 @@ import (
 
 	"github.com/anchorage-dev/anchorage/pkg/federation"
 	"github.com/anchorage-dev/anchorage/pkg/signers"
+	"github.com/anchorage-dev/anchorage/pkg/workload/workloadtest"
 )
 
 // A hub answer is checked before anything is applied: a bundle the hub may
 // not push, or content that is not CA certificates, refuses the whole set
 // (and so keeps every current bundle).
 func TestDesiredRefusesBadAnswers(t *testing.T) {
-	pool := func(td string) *signers.Pool {
-		ca, err := signers.NewCA(signers.Env{}, signers.SPIFFECAProfile("west", td, "https://hub.invalid/clusters/west"), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ca.State = signers.StateActive
-		return &signers.Pool{Signer: signers.SPIFFESignerName, CAs: []*signers.CA{ca}}
-	}
-	west := pool("west.example")
-	caPEM := string(signers.EncodeCertificatesPEM(west.Anchors(west.CAs[0].Certificate.NotBefore)))
-	tmpl, err := signers.SPIFFELeaf(spiffeid.RequireTrustDomainFromString("west.example"), "ns", "sa")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := signers.Sign(signers.Env{}, west, "https://hub.invalid/clusters/west", tmpl, west.CAs[0].Key.Public(), 3600)
-	if err != nil {
-		t.Fatal(err)
-	}
+	west := workloadtest.NewSPIFFECA(t, spiffeid.RequireTrustDomainFromString("west.example"), "west")
+	caPEM := string(west.AnchorPEM())
+	leaf := west.Issue(t, workloadtest.SPIFFELeaf(t, spiffeid.RequireTrustDomainFromString("west.example"), "ns", "sa"))
 	peer := func(name, td, pem string) federation.Bundle {
 		return federation.Bundle{Name: name, SignerName: signers.SPIFFESignerName, TrustBundle: pem,
 			Labels: map[string]string{federation.LabelPeerTrustDomain: td, federation.LabelSource: federation.SourceHub}}
@@ -56,7 +42,7 @@ func TestDesiredRefusesBadAnswers(t *testing.T) {
 		{"a name that is not its peer's", peer(federation.TrustDomainBundleName("evil.example"), "west.example", caPEM), "not one the hub may push"},
 		{"another signer", federation.Bundle{Name: "example.com:signer:x", SignerName: "example.com/signer", TrustBundle: caPEM, Labels: good.Labels}, "not one the hub may push"},
 		{"without the hub's source label", noSource, "not one the hub may push"},
-		{"a leaf, not a CA", peer(good.Name, "west.example", string(leaf.ChainPEM())), "not a CA certificate"},
+		{"a leaf, not a CA", peer(good.Name, "west.example", string(leaf.ChainPEM)), "not a CA certificate"},
 		{"garbage PEM", peer(good.Name, "west.example", "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n"), "PEM"},
 		{"empty", peer(good.Name, "west.example", ""), "no certificate"},
 	} {
