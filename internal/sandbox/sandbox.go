@@ -28,7 +28,6 @@ import (
 	"github.com/anchorage-dev/anchorage/internal/manifests"
 	hubv1 "github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1"
 	"github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1/crds"
-	"github.com/anchorage-dev/anchorage/pkg/federation"
 )
 
 // Hub is a hub cluster and its first hub replica.
@@ -164,8 +163,6 @@ type MemberOptions struct {
 	Agent []func(*agentapp.Options)
 	// Reported is called after every report to the hub.
 	Reported func()
-	// Applied is called with every bundle set the agent applied and acked.
-	Applied func(*federation.BundleSet)
 	// Spec adjusts the MemberCluster (federatesWith, clusterSet).
 	Spec func(*hubv1.MemberClusterSpec)
 	// NodeAuthorization starts the member's apiserver with the Node
@@ -252,7 +249,7 @@ func (h *Hub) startAgent(m *Member) error {
 		agentapp.WithHubToken(func(ctx context.Context) (string, error) {
 			return m.Cluster.Token(ctx, "anchorage-system", "member-agent", []string{h.URL}, 10*time.Minute)
 		}),
-		agentapp.WithReported(reported), agentapp.WithApplied(o.Applied))
+		agentapp.WithReported(reported))
 	if err != nil {
 		cancel()
 		return err

@@ -77,7 +77,6 @@ type Option func(*deps)
 type deps struct {
 	hubToken func(context.Context) (string, error)
 	reported func()
-	applied  func(*federation.BundleSet)
 }
 
 // hubPollTimeout bounds one long poll on the agent's side, above the
@@ -92,10 +91,6 @@ func WithHubToken(f func(context.Context) (string, error)) Option {
 
 // WithReported is called after every successful report to the hub.
 func WithReported(f func()) Option { return func(d *deps) { d.reported = f } }
-
-// WithApplied is called with every bundle set from the hub once it is
-// applied and acked.
-func WithApplied(f func(*federation.BundleSet)) Option { return func(d *deps) { d.applied = f } }
 
 // New builds the agent for the cluster reached through cfg. It reads the
 // issuer from the apiserver when opts.Issuer is empty.
@@ -205,7 +200,7 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, options ...Option
 		}
 		follower = &hubclient.Follower{
 			Hub: hub, Client: mgr.GetClient(), PollTimeout: hubPollTimeout, MaxBackoff: 30 * time.Second,
-			Log: log.WithName("bundles"), Metrics: hubclient.NewFollowerMetrics(registry), Applied: d.applied,
+			Log: log.WithName("bundles"), Metrics: hubclient.NewFollowerMetrics(registry),
 			Changes: make(chan event.GenericEvent, 1),
 		}
 		clusterset = follower // the hub says whether this cluster is in the clusterset

@@ -36,8 +36,6 @@ type Follower struct {
 	MaxBackoff time.Duration
 	Log        logr.Logger
 	Metrics    *FollowerMetrics
-	// Applied is called with each set once it is applied and acked.
-	Applied func(*federation.BundleSet)
 	// Changes, when set, receives an event after each set applied (the CA
 	// rotation gate listens).
 	Changes chan event.GenericEvent
@@ -122,9 +120,6 @@ func (f *Follower) once(ctx context.Context, after *int64) error {
 		f.Metrics.Sequence.Set(float64(set.Sequence))
 		f.Metrics.ApplySeconds.Observe(time.Since(start).Seconds())
 		f.Metrics.Bundles.Set(float64(len(set.Bundles)))
-	}
-	if f.Applied != nil {
-		f.Applied(set)
 	}
 	if f.Changes != nil {
 		select {
