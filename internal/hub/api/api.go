@@ -173,7 +173,7 @@ func (h *Handler) report(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	name := chi.URLParam(r, "cluster")
 	var rep federation.Report
-	if !h.authenticate(w, r, name, &rep) {
+	if _, ok := h.authenticated(w, r, name, &rep); !ok {
 		return
 	}
 	anchors, err := validateAnchors(rep.Anchors)
@@ -210,16 +210,10 @@ func (h *Handler) report(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// authenticate checks the caller is the agent of the joined member name
+// authenticated checks the caller is the agent of the joined member name
 // (go-oidc: audience = hub URL, issuer and keys of that member, subject =
 // its agent ServiceAccount), after decoding the body into body when not
-// nil. It answers the error itself.
-func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request, name string, body any) bool {
-	_, ok := h.authenticated(w, r, name, body)
-	return ok
-}
-
-// authenticated is authenticate, returning the member as cached.
+// nil, and returns the member as cached. It answers the error itself.
 func (h *Handler) authenticated(w http.ResponseWriter, r *http.Request, name string, body any) (*hubv1.MemberCluster, bool) {
 	ctx := r.Context()
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), bearerPrefix)
@@ -264,7 +258,7 @@ func (h *Handler) bundles(w http.ResponseWriter, r *http.Request) {
 		}
 		after = n
 	}
-	if !h.authenticate(w, r, name, nil) {
+	if _, ok := h.authenticated(w, r, name, nil); !ok {
 		return
 	}
 	body := h.Sets.Next(r.Context(), name, after, h.PollTimeout)
