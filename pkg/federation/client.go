@@ -44,14 +44,14 @@ func IsStatus(err error, code int) bool {
 
 // Join presents the join token and the cluster's JWKS.
 func (c *Client) Join(ctx context.Context, req JoinRequest) error {
-	_, _, err := c.do(ctx, http.MethodPost, JoinPath, req, true, false)
+	_, _, err := c.do(ctx, http.MethodPost, JoinPath, req, false)
 	return err
 }
 
 // Report sends the cluster's anchors and JWKS, authenticated with the
 // agent's service-account token.
 func (c *Client) Report(ctx context.Context, r Report) error {
-	_, _, err := c.do(ctx, http.MethodPut, ReportPath, r, true, true)
+	_, _, err := c.do(ctx, http.MethodPut, ReportPath, r, true)
 	return err
 }
 
@@ -59,7 +59,7 @@ func (c *Client) Report(ctx context.Context, r Report) error {
 // hub's sequence differs from after, or (nil, nil) when the hub had nothing
 // new within its poll time. Bound ctx above the hub's poll time (60 s).
 func (c *Client) Bundles(ctx context.Context, after int64) (*BundleSet, error) {
-	code, raw, err := c.do(ctx, http.MethodGet, BundlesPath+"?after="+strconv.FormatInt(after, 10), nil, false, true)
+	code, raw, err := c.do(ctx, http.MethodGet, BundlesPath+"?after="+strconv.FormatInt(after, 10), nil, true)
 	if err != nil || code == http.StatusNoContent {
 		return nil, err
 	}
@@ -72,11 +72,13 @@ func (c *Client) Bundles(ctx context.Context, after int64) (*BundleSet, error) {
 
 // Ack confirms the bundle set of that sequence and digest is applied.
 func (c *Client) Ack(ctx context.Context, a Ack) error {
-	_, _, err := c.do(ctx, http.MethodPost, AckPath, a, true, true)
+	_, _, err := c.do(ctx, http.MethodPost, AckPath, a, true)
 	return err
 }
 
-func (c *Client) do(ctx context.Context, method, path string, body any, hasBody, auth bool) (int, []byte, error) {
+// do makes one call; a nil body sends none.
+func (c *Client) do(ctx context.Context, method, path string, body any, auth bool) (int, []byte, error) {
+	hasBody := body != nil
 	var rd io.Reader
 	if hasBody {
 		data, err := json.Marshal(body)
