@@ -8,8 +8,9 @@
 // -members spokes m-0000… (each its own trust domain), every spoke
 // federating with core.bench. A change is core reporting a new anchor
 // set (PUT report, authenticated like a real agent), alternately adding
-// and dropping one anchor. Every spoke speaks the protocol as the agent
-// does: GET bundles?after=<seq> with its own service-account token
+// and dropping one anchor. Every spoke speaks the protocol with the agent's
+// own client (pkg/federation.Client): GET bundles?after=<seq> with its own
+// service-account token
 // (ES256, signed with the key of its stored JWKS, verified by go-oidc on
 // the hub), then POST ack with the applied digest. The MemberClusters are
 // created joined, with their JWKS and anchors, before the hub starts.
@@ -18,7 +19,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -159,9 +159,10 @@ func run(ctx context.Context, n, changes int) error {
 	var wg sync.WaitGroup
 	for _, name := range names[1:] {
 		wg.Go(func() {
+			agent := b.agent(name)
 			var after int64
 			for ctx.Err() == nil {
-				set, err := b.poll(ctx, name, after)
+				set, err := agent.Bundles(ctx, after)
 				if err != nil {
 					if ctx.Err() == nil {
 						time.Sleep(200 * time.Millisecond)
@@ -175,7 +176,7 @@ func run(ctx context.Context, n, changes int) error {
 				after = set.Sequence
 				acking.Add(1)
 				arrivals <- arrival{name, set.Sequence, at}
-				_ = b.call(ctx, name, http.MethodPost, federation.AckPath, federation.Ack{Sequence: set.Sequence, BundlesDigest: federation.BundlesDigest(set.Bundles)}, nil)
+				_ = agent.Ack(ctx, federation.Ack{Sequence: set.Sequence, BundlesDigest: federation.BundlesDigest(set.Bundles)})
 				acking.Add(-1)
 			}
 		})
@@ -233,7 +234,7 @@ func run(ctx context.Context, n, changes int) error {
 			go fetch(ctx, b, "/debug/pprof/profile?seconds=3", *profile)
 		}
 		rep := federation.Report{Anchors: map[string]string{signers.SPIFFESignerName: string(signers.EncodeCertificatesPEM(anchors))}, JWKS: jwks, AgentVersion: "fanout"}
-		if err := b.call(ctx, "core", http.MethodPut, federation.ReportPath, rep, nil); err != nil {
+		if err := b.agent("core").Report(ctx, rep); err != nil {
 			return fmt.Errorf("core's report: %w", err)
 		}
 		var times []time.Duration
@@ -302,57 +303,10 @@ func (b *bench) token(member string) (string, error) {
 	return jws.CompactSerialize()
 }
 
-func (b *bench) poll(ctx context.Context, member string, after int64) (*federation.BundleSet, error) {
-	var set federation.BundleSet
-	ok := false
-	err := b.call(ctx, member, http.MethodGet, federation.BundlesPath+"?after="+strconv.FormatInt(after, 10), nil, func(raw []byte) error {
-		ok = true
-		return json.Unmarshal(raw, &set)
-	})
-	if err != nil || !ok {
-		return nil, err
-	}
-	return &set, nil
-}
-
-// call makes one agent API call; decode gets a 200 body.
-func (b *bench) call(ctx context.Context, member, method, path string, body any, decode func([]byte) error) error {
-	var rd io.Reader
-	if body != nil {
-		raw, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(raw)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, b.hubURL+federation.APIPrefix+member+"/"+path, rd)
-	if err != nil {
-		return err
-	}
-	tok, err := b.token(member)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+tok)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := b.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	switch {
-	case resp.StatusCode == http.StatusOK && decode != nil:
-		return decode(raw)
-	case resp.StatusCode/100 == 2:
-		return nil
-	}
-	return fmt.Errorf("%s %s: %d %s", method, path, resp.StatusCode, strings.TrimSpace(string(raw)))
+// agent is member's client of the agent API, as the real agent uses it.
+func (b *bench) agent(member string) *federation.Client {
+	return &federation.Client{HubURL: b.hubURL, Cluster: member, HTTP: b.http,
+		Token: func(context.Context) (string, error) { return b.token(member) }}
 }
 
 // startHub runs the real hub binary against the hub cluster.
