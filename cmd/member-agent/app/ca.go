@@ -11,8 +11,6 @@ import (
 
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -89,10 +87,8 @@ func CA(ctx context.Context, cfg *rest.Config, opts *CAOptions, names []string, 
 	}
 	if opts.Action != "status" {
 		for _, s := range names {
-			key := client.ObjectKey{Namespace: opts.Namespace, Name: capool.SecretName(s)}
-			patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, capool.RequestAnnotation, opts.Action)
-			if err := c.Patch(ctx, &corev1.Secret{ObjectMeta: objectMeta(key)}, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
-				return fmt.Errorf("asking the agent to %s the %s pool (Secret %s): %w", opts.Action, s, key, err)
+			if err := capool.Request(ctx, c, opts.Namespace, s, opts.Action); err != nil {
+				return err
 			}
 			fmt.Fprintf(out, "asked the agent to %s the %s CA pool\n", opts.Action, s)
 		}
@@ -115,11 +111,6 @@ func CA(ctx context.Context, cfg *rest.Config, opts *CAOptions, names []string, 
 		}
 	}
 	return printPools(ctx, c, opts.Namespace, names, out)
-}
-
-func objectMeta(key client.ObjectKey) (m metav1.ObjectMeta) {
-	m.Namespace, m.Name = key.Namespace, key.Name
-	return m
 }
 
 // printPools prints every CA of the pools: state, key id, validity.

@@ -26,12 +26,9 @@ import (
 
 	"github.com/go-logr/logr"
 	certsv1 "k8s.io/api/certificates/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	agentapp "github.com/anchorage-dev/anchorage/cmd/member-agent/app"
 	"github.com/anchorage-dev/anchorage/hack/bench/internal/benchutil"
@@ -166,16 +163,14 @@ func run(ctx context.Context, changes, n int) error {
 		return err
 	}
 
-	key := client.ObjectKey{Namespace: "anchorage-system", Name: capool.SecretName(signers.SPIFFESignerName)}
 	var took []time.Duration
 	for c := range changes {
 		action, want := capool.RequestRotate, 2
 		if c%2 == 1 {
 			action, want = capool.RequestAbort, 1
 		}
-		patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, capool.RequestAnnotation, action)
 		start := time.Now()
-		if err := west.Cluster.Client.Patch(ctx, &corev1.Secret{ObjectMeta: objectMeta(key)}, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
+		if err := capool.Request(ctx, west.Cluster.Client, "anchorage-system", signers.SPIFFESignerName, action); err != nil {
 			return err
 		}
 		at, err := waitAll(want, 30*time.Second)
@@ -197,8 +192,4 @@ func run(ctx context.Context, changes, n int) error {
 
 func metav1ListOptions(name string) metav1.ListOptions {
 	return metav1.ListOptions{FieldSelector: "metadata.name=" + name}
-}
-
-func objectMeta(key client.ObjectKey) metav1.ObjectMeta {
-	return metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
@@ -42,6 +43,17 @@ const (
 // gateRecheck is how often a next CA waiting on the gate is looked at
 // again, besides every bundle set applied.
 const gateRecheck = 30 * time.Second
+
+// Request asks the agent for a rotation step on signer's pool (one of the
+// Request* values), as `member-agent ca` does.
+func Request(ctx context.Context, c client.Client, namespace, signer, request string) error {
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, RequestAnnotation, request)
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: SecretName(signer)}}
+	if err := c.Patch(ctx, secret, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
+		return fmt.Errorf("asking the agent to %s the %s pool (Secret %s/%s): %w", request, signer, namespace, secret.Name, err)
+	}
+	return nil
+}
 
 // Gate says whether a next CA may be promoted: whether every member that
 // trusts this cluster has applied a bundle set holding its anchor.
