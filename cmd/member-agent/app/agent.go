@@ -229,9 +229,6 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, options ...Option
 		if err != nil {
 			return nil, fmt.Errorf("creating the %s request cache: %w", signer, err)
 		}
-		if err := mgr.Add(requests); err != nil {
-			return nil, err
-		}
 		r := &pcrsigner.Reconciler{
 			Signer:         signer,
 			Profile:        profileFor[signer],

@@ -88,7 +88,7 @@ func TestDenials(t *testing.T) {
 		expectDenied(t, e.latest(p), "InvalidUnverifiedUserAnnotations", "example.com/path")
 	})
 
-	if got := counter(t, a, "anchorage_signer_denied_total"); got != 5 {
+	if got := metricSum(t, a, "anchorage_signer_denied_total"); got != 5 {
 		t.Errorf("anchorage_signer_denied_total = %v, want 5", got)
 	}
 }
@@ -211,7 +211,7 @@ func TestReplicasAndRestartMidBatch(t *testing.T) {
 	}
 	var total float64
 	for _, a := range agents {
-		total += counter(t, a, "anchorage_signer_issued_total")
+		total += metricSum(t, a, "anchorage_signer_issued_total")
 	}
 	if got := issued(); got != n {
 		t.Errorf("%d requests issued, want %d", got, n)
@@ -235,6 +235,24 @@ func TestReplicasAndRestartMidBatch(t *testing.T) {
 	}
 	if len(list.Items) != n {
 		t.Errorf("%d requests exist for %d pods: the simulator asked twice", len(list.Items), n)
+	}
+}
+
+// A standby replica keeps its request caches synced: they start with the
+// manager's caches, not with leadership, so a new leader signs at once.
+// Both replicas count a request that is still pending.
+func TestStandbyKeepsRequestsSynced(t *testing.T) {
+	e := newEnv(t)
+	agents := []*runningAgent{e.startAgent("a", nil), e.startAgent("b", nil)}
+	ns := e.namespace("standby")
+	// No Service selects this pod: its service-dns request stays pending.
+	if _, err := e.sim.RunPod(e.ctx, pod(ns, "alone", signers.ServiceDNSSignerName, "ECDSAP256", map[string]string{"app": "alone"}, nil)); err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range agents {
+		eventually(t, 30*time.Second, fmt.Sprintf("replica %d counting the pending request", i), func() (bool, error) {
+			return metricSum(t, a, "anchorage_signer_pending_requests") == 1, nil
+		})
 	}
 }
 

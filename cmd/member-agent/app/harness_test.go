@@ -214,8 +214,9 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() (bool, e
 	}
 }
 
-// counter sums a counter of the agent's registry over its label sets.
-func counter(t *testing.T, a *runningAgent, name string) float64 {
+// metricSum sums a counter or gauge of the agent's registry over its label
+// sets.
+func metricSum(t *testing.T, a *runningAgent, name string) float64 {
 	t.Helper()
 	mfs, err := a.Registry.Gather()
 	if err != nil {
@@ -225,16 +226,19 @@ func counter(t *testing.T, a *runningAgent, name string) float64 {
 	for _, mf := range mfs {
 		if mf.GetName() == name {
 			for _, m := range mf.Metric {
-				sum += counterValue(m)
+				sum += metricValue(m)
 			}
 		}
 	}
 	return sum
 }
 
-func counterValue(m *dto.Metric) float64 {
+func metricValue(m *dto.Metric) float64 {
 	if m.Counter != nil {
 		return m.Counter.GetValue()
+	}
+	if m.Gauge != nil {
+		return m.Gauge.GetValue()
 	}
 	return 0
 }

@@ -68,7 +68,7 @@ func NewOptions() *Options {
 		// apiserver, so the agent may use what it grants.
 		KubeAPIQPS:                  1000,
 		KubeAPIBurst:                2000,
-		Workers:                     16,
+		Workers:                     32,
 		LeaderElect:                 true,
 		LeaderElectionLeaseDuration: 15 * time.Second,
 		LeaderElectionRenewDeadline: 10 * time.Second,

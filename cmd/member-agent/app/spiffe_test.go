@@ -86,7 +86,7 @@ func TestSPIFFEEveryKeyType(t *testing.T) {
 			}
 		})
 	}
-	if got := counter(t, a, "anchorage_signer_issued_total"); got != float64(len(pods)) {
+	if got := metricSum(t, a, "anchorage_signer_issued_total"); got != float64(len(pods)) {
 		t.Errorf("anchorage_signer_issued_total = %v, want %d", got, len(pods))
 	}
 }

@@ -77,16 +77,28 @@ type Reconciler struct {
 }
 
 // SetupWithManager starts a controller named after the signer, fed by
-// requests (a cache that holds only this signer's requests, started by the
-// manager).
+// requests (a cache that holds only this signer's requests). It adds
+// requests to the manager among its caches: started with the manager's
+// own, on every replica and before leader election, and waited for until
+// synced. So a new leader signs at once, and a cold start lists requests
+// and pods together rather than one after the other.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, requests cache.Cache, workers int) error {
 	r.Requests = requests
+	// The informer is registered now so that the cache lists requests as
+	// soon as it starts; one made by the source later would be listed only
+	// once the manager's caches are all synced, and waited for again.
+	if _, err := requests.GetInformer(context.Background(), &certsv1.PodCertificateRequest{}, cache.BlockUntilSynced(false)); err != nil {
+		return fmt.Errorf("watching %s requests: %w", r.Signer, err)
+	}
+	if err := mgr.Add(startedWithCaches{requests}); err != nil {
+		return err
+	}
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("pcr-" + signers.Slug(r.Signer)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
-		WatchesRawSource(source.Kind(requests, &certsv1.PodCertificateRequest{}, &handler.TypedEnqueueRequestForObject[*certsv1.PodCertificateRequest]{},
+		WatchesRawSource(noWait{source.Kind(requests, &certsv1.PodCertificateRequest{}, &handler.TypedEnqueueRequestForObject[*certsv1.PodCertificateRequest]{},
 			// Terminal requests are frozen: never queue them.
-			predicate.NewTypedPredicateFuncs(func(o *certsv1.PodCertificateRequest) bool { return !Terminal(o) })))
+			predicate.NewTypedPredicateFuncs(func(o *certsv1.PodCertificateRequest) bool { return !Terminal(o) }))})
 	if r.PoolChanges != nil {
 		b = b.WatchesRawSource(source.Channel(r.PoolChanges, EnqueuePending(requests, false)))
 	}
@@ -334,3 +346,19 @@ func ptrValue(p *int32) int32 {
 	}
 	return *p
 }
+
+// startedWithCaches puts a cache in the manager's cache group. A bare
+// cache.Cache would land in the leader-election group: started only once
+// this replica leads, after the manager's own caches have synced.
+type startedWithCaches struct{ cache.Cache }
+
+// GetCache is what the manager looks for to put a runnable among its caches.
+func (c startedWithCaches) GetCache() cache.Cache { return c.Cache }
+
+// noWait starts a source without waiting for its handler to have replayed
+// the cache's initial list. The request cache is synced before any
+// controller starts (startedWithCaches), so there is nothing to wait for; and client-go checks a handler's sync every
+// 100 ms, which would hold every worker back that long on each start and
+// each failover. The requests arrive in the queue as they are replayed.
+// Kind still logs a failure to get its informer, and retries.
+type noWait struct{ source.Source }
