@@ -15,12 +15,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -56,20 +59,21 @@ func main() {
 	workers := flag.Int("workers", 0, "override the agent's --workers (experiments; 0 = the agent's default)")
 	agentLogs := flag.Bool("agent-logs", false, "show the agent's logs on stderr (experiments)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process during the agent's timed runs to this file")
+	only := flag.String("only", "", `run one contender: "ceiling", "anchorage" or "hermetic" (experiments; ratios need all three)`)
 	flag.Parse()
 	components := logr.Discard()
 	if *agentLogs {
 		components = zap.New(zap.WriteTo(os.Stderr), zap.UseFlagOptions(&zap.Options{TimeEncoder: zapcore.ISO8601TimeEncoder}))
 	}
 	benchutil.QuietLogs(components)
-	if err := run(*n, *runs, *workers, *cpuProfile); err != nil {
+	if err := run(*n, *runs, *workers, *cpuProfile, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "issuance:", err)
 		os.Exit(1)
 	}
 }
 
 type contender struct {
-	name, signer string
+	key, name, signer string
 	// setup does the untimed work (building the signer, precomputing the
 	// ceiling's statuses) and returns start, which is timed: it begins
 	// issuing and returns a function that stops it.
@@ -86,7 +90,7 @@ type bench struct {
 	workers  int
 }
 
-func run(n, runs, workers int, cpuProfile string) error {
+func run(n, runs, workers int, cpuProfile, only string) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cl, stop, err := benchutil.StartCluster(ctx, app.Scheme())
@@ -125,9 +129,9 @@ func run(n, runs, workers int, cpuProfile string) error {
 		opts.Workers = workers
 	}
 	contenders := []contender{
-		{name: "ceiling (precomputed status writes, 32 unthrottled protobuf clients)", signer: "ceiling.bench.anchorage.dev/spiffe", setup: b.ceiling},
-		{name: fmt.Sprintf("anchorage member agent (defaults: %d workers/signer, %.0f QPS, burst %d)", opts.Workers, opts.KubeAPIQPS, opts.KubeAPIBurst), signer: signers.SPIFFESignerName, setup: b.anchorage},
-		{name: fmt.Sprintf("hermeticpodcertificatesigner (same %.0f QPS, burst %d)", opts.KubeAPIQPS, opts.KubeAPIBurst), signer: "hermetic.bench.anchorage.dev/spiffe", setup: b.hermetic},
+		{key: "ceiling", name: "ceiling (precomputed status writes, 32 unthrottled protobuf clients)", signer: "ceiling.bench.anchorage.dev/spiffe", setup: b.ceiling},
+		{key: "anchorage", name: fmt.Sprintf("anchorage member agent (defaults: %d workers/signer, %.0f QPS, burst %d)", opts.Workers, opts.KubeAPIQPS, opts.KubeAPIBurst), signer: signers.SPIFFESignerName, setup: b.anchorage},
+		{key: "hermetic", name: fmt.Sprintf("hermeticpodcertificatesigner (same %.0f QPS, burst %d)", opts.KubeAPIQPS, opts.KubeAPIBurst), signer: "hermetic.bench.anchorage.dev/spiffe", setup: b.hermetic},
 	}
 	var profile *os.File
 	if cpuProfile != "" {
@@ -138,8 +142,12 @@ func run(n, runs, workers int, cpuProfile string) error {
 	}
 	times := make([][]time.Duration, len(contenders))
 	cpus := make([][]time.Duration, len(contenders))
+	srvs := make([][]time.Duration, len(contenders))
 	for r := range runs {
 		for i, c := range contenders {
+			if only != "" && c.key != only {
+				continue
+			}
 			ns := fmt.Sprintf("c%d-run%d", i, r)
 			benchutil.Progress("run %d/%d: %s: creating %d pods and requests", r+1, runs, c.name, n)
 			if err := b.prepare(ctx, ns, c.signer); err != nil {
@@ -158,6 +166,7 @@ func run(n, runs, workers int, cpuProfile string) error {
 				}
 			}
 			cpu0 := processCPU()
+			srv0 := serverCPU()
 			began := time.Now()
 			stop := start()
 			select {
@@ -168,11 +177,18 @@ func run(n, runs, workers int, cpuProfile string) error {
 			}
 			took := time.Since(began)
 			cpu := processCPU() - cpu0
+			srv := serverCPU() - srv0
+			// Where the time went: a dip in the timeline with idle CPU is a
+			// stall; no idle CPU means the machine was the bound.
+			benchutil.Progress("  issued per 100 ms: %v", b.watcher.timeline(ns, began, 100*time.Millisecond))
+			benchutil.Progress("  apiserver+etcd CPU %v, this process %v, idle %v", srv.Round(time.Millisecond), cpu.Round(time.Millisecond),
+				(time.Duration(runtime.NumCPU())*took - cpu - srv).Round(time.Millisecond))
 			if profiled {
 				pprof.StopCPUProfile()
 			}
 			stop()
 			cpus[i] = append(cpus[i], cpu)
+			srvs[i] = append(srvs[i], srv)
 			// Real clusters garbage-collect requests after 15 minutes (the
 			// kube-controller-manager's cleaner, absent here); leftovers
 			// would burden every later run's lists, so each run cleans up.
@@ -186,13 +202,22 @@ func run(n, runs, workers int, cpuProfile string) error {
 
 	med := make([]time.Duration, len(times))
 	for i := range times {
-		med[i] = benchutil.Median(times[i])
+		if len(times[i]) > 0 {
+			med[i] = benchutil.Median(times[i])
+		}
 	}
 	fmt.Printf("N = %d PodCertificateRequests (with their Pods) per run, %d runs, one kube-apiserver v1.37.1 on %d cores\n\n", n, runs, runtime.NumCPU())
-	fmt.Println("| contender | median time to all Issued | certificates/s | runs (s) | client CPU (median) |")
-	fmt.Println("| --- | ---: | ---: | --- | ---: |")
+	fmt.Println("| contender | median time to all Issued | certificates/s | runs (s) | client CPU (median) | apiserver+etcd CPU (median) |")
+	fmt.Println("| --- | ---: | ---: | --- | ---: | ---: |")
 	for i, c := range contenders {
-		fmt.Printf("| %s | %.2f s | %.0f | %s | %.2f s |\n", c.name, med[i].Seconds(), float64(n)/med[i].Seconds(), fmtRuns(times[i]), benchutil.Median(cpus[i]).Seconds())
+		if len(times[i]) == 0 {
+			continue
+		}
+		fmt.Printf("| %s | %.2f s | %.0f | %s | %.2f s | %.2f s |\n", c.name, med[i].Seconds(), float64(n)/med[i].Seconds(), fmtRuns(times[i]),
+			benchutil.Median(cpus[i]).Seconds(), benchutil.Median(srvs[i]).Seconds())
+	}
+	if only != "" {
+		return nil
 	}
 	fmt.Printf("\nanchorage / ceiling: %.2fx the ceiling's time\nhermetic / anchorage: anchorage is %.1fx faster\n",
 		float64(med[1])/float64(med[0]), float64(med[2])/float64(med[1]))
@@ -363,14 +388,14 @@ func (b *bench) hermetic(ctx context.Context, _, signer string) (func() func(), 
 // issuedWatcher counts Issued requests per namespace with one informer.
 type issuedWatcher struct {
 	mu      sync.Mutex
-	firstAt map[string]time.Time
 	issued  map[string]map[string]bool
 	waiters map[string]chan struct{}
 	want    map[string]int
+	times   map[string][]time.Time
 }
 
 func newIssuedWatcher(ctx context.Context, cs kubernetes.Interface) (*issuedWatcher, error) {
-	w := &issuedWatcher{firstAt: map[string]time.Time{}, issued: map[string]map[string]bool{}, waiters: map[string]chan struct{}{}, want: map[string]int{}}
+	w := &issuedWatcher{issued: map[string]map[string]bool{}, waiters: map[string]chan struct{}{}, want: map[string]int{}, times: map[string][]time.Time{}}
 	f := informers.NewSharedInformerFactory(cs, 0)
 	inf := f.Certificates().V1().PodCertificateRequests().Informer()
 	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
@@ -393,9 +418,12 @@ func (w *issuedWatcher) observe(obj any) {
 	defer w.mu.Unlock()
 	if w.issued[req.Namespace] == nil {
 		w.issued[req.Namespace] = map[string]bool{}
-		w.firstAt[req.Namespace] = time.Now()
+	}
+	if w.issued[req.Namespace][req.Name] {
+		return
 	}
 	w.issued[req.Namespace][req.Name] = true
+	w.times[req.Namespace] = append(w.times[req.Namespace], time.Now())
 	if ch, ok := w.waiters[req.Namespace]; ok && len(w.issued[req.Namespace]) >= w.want[req.Namespace] {
 		close(ch)
 		delete(w.waiters, req.Namespace)
@@ -418,7 +446,25 @@ func (w *issuedWatcher) expect(ns string, n int) <-chan struct{} {
 func (w *issuedWatcher) first(ns string) time.Time {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.firstAt[ns]
+	if len(w.times[ns]) == 0 {
+		return time.Time{}
+	}
+	return w.times[ns][0]
+}
+
+// timeline is how many requests of ns were Issued in each step since t0.
+func (w *issuedWatcher) timeline(ns string, t0 time.Time, step time.Duration) []int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []int
+	for _, t := range w.times[ns] {
+		i := max(0, int(t.Sub(t0)/step))
+		for len(out) <= i {
+			out = append(out, 0)
+		}
+		out[i]++
+	}
+	return out
 }
 
 func (w *issuedWatcher) count(ns string) int {
@@ -452,4 +498,30 @@ func parallel(n int, f func(i int) error) error {
 		return err
 	}
 	return nil
+}
+
+// serverCPU is the CPU time used so far by this process's children (the
+// kube-apiserver and etcd it started), read from /proc: a child's time
+// reaches getrusage only once it exits.
+func serverCPU() time.Duration {
+	const tick = 10 * time.Millisecond // USER_HZ, 100 on every Linux
+	self := strconv.Itoa(os.Getpid())
+	var total time.Duration
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		stat, err := os.ReadFile("/proc/" + d.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ... utime stime: fields after the comm,
+		// which may hold spaces.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) < 13 || f[1] != self {
+			continue
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		total += time.Duration(ut+st) * tick
+	}
+	return total
 }
