@@ -25,15 +25,16 @@ lint: ## go vet (main and hack modules) and gofmt.
 envtest-assets: ## Build kube-apiserver and etcd v1.37.1 from the Go module proxy and print their folder.
 	@hack/envtest-assets.sh
 
-bench-issuance: ## Issuance: anchorage vs the apiserver's ceiling vs Kubernetes' test signer (N=1000, medians of 3 runs).
+bench-issuance: ## Issuance: anchorage vs the apiserver's ceiling vs Kubernetes' test signer (N=1000, medians of 5 runs).
 	cd hack/bench && $(GO) run ./issuance -n 1000 -runs 5
 
 bench-smoke: ## A short run of every benchmark (CI checks they work; figures come from the full runs).
 	cd hack/bench && $(GO) run ./issuance -n 50 -runs 1 && $(GO) run ./servicedns -sizes 10,100 -runs 1 && $(GO) run ./wellknown -duration 1s -runs 1 \
+		&& $(GO) run ./wellknown -duration 1s -runs 1 -load wrk -pin \
 		&& $(GO) run ./propagation -changes 4 -members 2 && $(GO) run ./fanout -members 50 -changes 2
 
-bench-wellknown: ## Well-known endpoint throughput and p99 at 64 clients, beside go-spiffe's bundle endpoint handler.
-	cd hack/bench && $(GO) run ./wellknown -clients 64 -duration 5s -runs 5
+bench-wellknown: ## Well-known endpoint throughput and p99 at 64 clients, beside go-spiffe's bundle endpoint handler: wrk on its own core (needs Debian's wrk), then in-process clients.
+	cd hack/bench && $(GO) run ./wellknown -clients 64 -duration 5s -runs 5 -load wrk -pin && $(GO) run ./wellknown -clients 64 -duration 5s -runs 5
 
 bench-propagation: ## Anchor change in one member to the bundle updated in every other member, p50/p99 over 50 changes.
 	cd hack/bench && $(GO) run ./propagation -changes 50 -members 3

@@ -1,7 +1,8 @@
 // Command wellknown measures the hub's well-known endpoint: requests/s and
 // p50/p99 latency of GET <issuer>/.well-known/spiffe-bundle served by
-// pkg/oidcbundle's Store (pre-serialised body, strong ETag) on a chi router,
-// beside go-spiffe's federation.NewHandler serving the same SPIFFE bundle
+// pkg/oidcbundle's Store (pre-serialised body, strong ETag) through the
+// hub's own stack (its chi middleware: panic recovery, metrics, access log;
+// its http.Server settings), beside go-spiffe's federation.NewHandler serving the same SPIFFE bundle
 // (same anchor, sequence and refresh hint) on another loopback server in the
 // same process and the same run.
 //
@@ -24,9 +25,12 @@
 // printed, then the cost of the handlers alone (testing.Benchmark, no
 // network). Both servers speak plain HTTP/1.1 on 127.0.0.1, so the comparison
 // is of the handlers, not of TLS; -tls serves both over TLS (HTTP/1.1)
-// instead. Clients and servers share the machine's cores.
+// instead. Clients and servers share the machine's cores, unless -pin (with
+// -load wrk) gives the servers all cores but the last and wrk the last one:
+// then the servers are the bottleneck and their cost alone sets the
+// throughput, as when clients come from other machines.
 //
-//	go run ./wellknown [-clients 64] [-duration 5s] [-runs 5] [-tls]
+//	go run ./wellknown [-clients 64] [-duration 5s] [-runs 5] [-tls] [-load go|wrk] [-pin]
 package main
 
 import (
@@ -62,10 +66,13 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-jose/go-jose/v4"
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	hubapp "github.com/anchorage-dev/anchorage/cmd/hub/app"
 	"github.com/anchorage-dev/anchorage/hack/bench/internal/benchutil"
 	"github.com/anchorage-dev/anchorage/pkg/oidcbundle"
 	"github.com/anchorage-dev/anchorage/pkg/signers"
@@ -85,7 +92,18 @@ func main() {
 	runs := flag.Int("runs", 5, "repetitions; medians are printed")
 	useTLS := flag.Bool("tls", false, "serve both contenders over TLS (HTTP/1.1) instead of plain HTTP/1.1")
 	loadGen := flag.String("load", "go", `load generator: "go" (in-process clients) or "wrk" (the wrk command, a separate C process that costs far less CPU per request, so the servers' cost shows)`)
+	pin := flag.Bool("pin", false, "with -load wrk: run the servers on all cores but the last and wrk on the last one (Linux, needs taskset)")
 	flag.Parse()
+	if *pin {
+		if *loadGen != "wrk" {
+			fmt.Fprintln(os.Stderr, "wellknown: -pin needs -load wrk")
+			os.Exit(2)
+		}
+		if err := pinSelf(); err != nil {
+			fmt.Fprintln(os.Stderr, "wellknown:", err)
+			os.Exit(1)
+		}
+	}
 	if err := run(*clients, *duration, *runs, *useTLS, *loadGen); err != nil {
 		fmt.Fprintln(os.Stderr, "wellknown:", err)
 		os.Exit(1)
@@ -160,8 +178,9 @@ func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen str
 		return err
 	}
 	r := chi.NewRouter()
+	r.Use(hubapp.Middleware(logr.Discard(), prometheus.NewRegistry())...)
 	store.Routes(r)
-	hubSrv.Config.Handler = r
+	hubSrv.Config = hubapp.HTTPServer(r, nil)
 
 	td := spiffeid.RequireTrustDomainFromString(trustDomain)
 	bundle := spiffebundle.New(td)
@@ -246,10 +265,14 @@ func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen str
 	fmt.Printf("SPIFFE bundle of %d bytes (one anchor); %s on 127.0.0.1; %d clients, one connection each; "+
 		"%d runs × %v per scenario after a %v warm-up, scenarios alternating; medians over runs.\n",
 		size, transport, clients, runs, duration, warmup)
-	if loadGen == "wrk" {
+	switch {
+	case loadGen == "wrk" && os.Getenv(pinnedEnv) != "":
+		fmt.Printf("Load from wrk (%d threads, a separate process) pinned to CPU %s; both servers run in this process, pinned to the other CPUs (GOMAXPROCS=%d), %s. CPU/request is the servers' alone.\n\n",
+			wrkThreads, os.Getenv(pinnedEnv), runtime.GOMAXPROCS(0), runtime.Version())
+	case loadGen == "wrk":
 		fmt.Printf("Load from wrk (%d threads, a separate process); both servers run in this process; all share the machine's %d cores (GOMAXPROCS=%d), %s. CPU/request is the servers' alone.\n\n",
 			wrkThreads, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
-	} else {
+	default:
 		fmt.Printf("Clients and both servers run in one process and share the machine's %d cores (GOMAXPROCS=%d), %s.\n\n",
 			runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
 	}
@@ -515,11 +538,11 @@ func measureWrk(s scenario, clients int, d time.Duration) (result, error) {
 		}
 		return append(a, s.url)
 	}
-	if out, err := exec.Command("wrk", args(warmup)...).CombinedOutput(); err != nil {
+	if out, err := wrkCommand(args(warmup)).CombinedOutput(); err != nil {
 		return result{}, fmt.Errorf("wrk: %w: %s", err, out)
 	}
 	cpu0 := cpuTime()
-	out, err := exec.Command("wrk", args(d)...).CombinedOutput()
+	out, err := wrkCommand(args(d)).CombinedOutput()
 	cpu := cpuTime() - cpu0
 	if err != nil {
 		return result{}, fmt.Errorf("wrk: %w: %s", err, out)
@@ -562,4 +585,43 @@ func wrkMicros(v string) float64 {
 		}
 	}
 	return 0
+}
+
+// pinnedEnv names the CPU left to wrk once this process has re-executed
+// itself pinned to the others.
+const pinnedEnv = "ANCHORAGE_WELLKNOWN_WRK_CPU"
+
+// pinSelf re-executes this command under taskset on every CPU but the
+// last, which is left to wrk. The Go runtime sizes GOMAXPROCS from the
+// affinity it starts with, hence a new process rather than a pinned thread.
+func pinSelf() error {
+	if os.Getenv(pinnedEnv) != "" {
+		return nil
+	}
+	n := runtime.NumCPU() // this process is not pinned yet: every CPU it may use
+	if n < 2 {
+		return errors.New("-pin needs at least two CPUs")
+	}
+	taskset, err := exec.LookPath("taskset")
+	if err != nil {
+		return errors.New("-pin needs the taskset command (Debian: util-linux)")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	servers := "0"
+	if n > 2 {
+		servers = fmt.Sprintf("0-%d", n-2)
+	}
+	env := append(os.Environ(), pinnedEnv+"="+strconv.Itoa(n-1))
+	return syscall.Exec(taskset, append([]string{"taskset", "-c", servers, self}, os.Args[1:]...), env)
+}
+
+// wrkCommand runs wrk, on the CPU left to it when pinned.
+func wrkCommand(args []string) *exec.Cmd {
+	if cpu := os.Getenv(pinnedEnv); cpu != "" {
+		return exec.Command("taskset", append([]string{"-c", cpu, "wrk"}, args...)...)
+	}
+	return exec.Command("wrk", args...)
 }
