@@ -221,6 +221,10 @@ func run(n, runs, workers int, cpuProfile, only string) error {
 	}
 	fmt.Printf("\nanchorage / ceiling: %.2fx the ceiling's time\nhermetic / anchorage: anchorage is %.1fx faster\n",
 		float64(med[1])/float64(med[0]), float64(med[2])/float64(med[1]))
+	// The same ratios within each run (the contenders of a run follow each
+	// other on the same apiserver): the machine's drift between runs cancels.
+	fmt.Printf("within each run: anchorage / ceiling %s (median %.2fx); hermetic / anchorage %s (median %.1fx)\n",
+		fmtRatios(times[1], times[0]), medianRatio(times[1], times[0]), fmtRatios(times[2], times[1]), medianRatio(times[2], times[1]))
 	return nil
 }
 
@@ -232,6 +236,24 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func ratios(a, b []time.Duration) []float64 {
+	out := make([]float64, len(a))
+	for i := range a {
+		out[i] = float64(a[i]) / float64(b[i])
+	}
+	return out
+}
+
+func medianRatio(a, b []time.Duration) float64 { return benchutil.MedianFloat(ratios(a, b)) }
+
+func fmtRatios(a, b []time.Duration) string {
+	var s []string
+	for _, r := range ratios(a, b) {
+		s = append(s, fmt.Sprintf("%.2f", r))
+	}
+	return strings.Join(s, ", ")
 }
 
 func fmtRuns(ds []time.Duration) string {
