@@ -95,7 +95,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Path to a kubeconfig. Default: in-cluster config, then $KUBECONFIG.")
 	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "Client-side rate limit for apiserver requests (queries per second).")
 	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", o.KubeAPIBurst, "Client-side burst for apiserver requests.")
-	fs.IntVar(&o.Workers, "workers", o.Workers, "Concurrent PodCertificateRequests signed per signer.")
+	fs.IntVar(&o.Workers, "workers", o.Workers, "Concurrent PodCertificateRequests signed per signer. Each waits on its status write, so this is also the writes in flight; API Priority and Fairness protects the apiserver.")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "Elect a leader so that only one replica signs. Disable only for a single replica.")
 	fs.DurationVar(&o.LeaderElectionLeaseDuration, "leader-elect-lease-duration", o.LeaderElectionLeaseDuration, "How long followers wait before taking over a lease that was not renewed.")
 	fs.DurationVar(&o.LeaderElectionRenewDeadline, "leader-elect-renew-deadline", o.LeaderElectionRenewDeadline, "How long the leader retries renewing before giving up leadership.")

@@ -357,8 +357,9 @@ func (c startedWithCaches) GetCache() cache.Cache { return c.Cache }
 
 // noWait starts a source without waiting for its handler to have replayed
 // the cache's initial list. The request cache is synced before any
-// controller starts (startedWithCaches), so there is nothing to wait for; and client-go checks a handler's sync every
-// 100 ms, which would hold every worker back that long on each start and
-// each failover. The requests arrive in the queue as they are replayed.
-// Kind still logs a failure to get its informer, and retries.
+// controller starts (startedWithCaches), so there is nothing to wait for,
+// and client-go checks a handler's sync only every 100 ms, which would hold
+// every worker back that long on each start and each failover. The
+// requests arrive in the queue as they are replayed. Kind still logs a
+// failure to get its informer, and retries.
 type noWait struct{ source.Source }
