@@ -50,7 +50,6 @@ func (m *memberEnv) issue(t *testing.T, ctx context.Context, name string) {
 // has confirmed. The hub then comes back, a new process with nothing in
 // memory: the rotation completes from what the API holds.
 func TestHubOutageRotationAndFailover(t *testing.T) {
-	localcluster.RequireAssets(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	e := startHub(t, ctx)
@@ -139,7 +138,6 @@ func (m *memberEnv) bundleVersions(t *testing.T) map[string]string {
 // it was: its first answer is the set it already holds, so it writes no
 // bundle; then it follows the next change.
 func TestAgentRestartConverges(t *testing.T) {
-	localcluster.RequireAssets(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	e := startHub(t, ctx)

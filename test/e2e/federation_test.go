@@ -17,7 +17,6 @@ import (
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	agentapp "github.com/anchorage-dev/anchorage/cmd/member-agent/app"
-	"github.com/anchorage-dev/anchorage/internal/localcluster"
 	"github.com/anchorage-dev/anchorage/pkg/federation"
 	"github.com/anchorage-dev/anchorage/pkg/signers"
 )
@@ -71,7 +70,6 @@ func (e *hubEnv) startPair(agent ...func(*agentapp.Options)) (east, west *member
 // federates with and the clusterset bundle; removing a trust domain from
 // federatesWith, or a member from the hub, removes its anchors everywhere.
 func TestFederationPushAndRemoval(t *testing.T) {
-	localcluster.RequireAssets(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	e := startHub(t, ctx)

@@ -16,7 +16,6 @@ import (
 
 	hubapp "github.com/anchorage-dev/anchorage/cmd/hub/app"
 	"github.com/anchorage-dev/anchorage/internal/hub/api"
-	"github.com/anchorage-dev/anchorage/internal/localcluster"
 	hubv1 "github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1"
 	"github.com/anchorage-dev/anchorage/pkg/federation"
 	"github.com/anchorage-dev/anchorage/pkg/signers"
@@ -27,7 +26,6 @@ import (
 // and JWKS are covered row by row in pkg/oidcbundle's verifier tests; here
 // the tokens are real ones from real apiservers.)
 func TestHubRejectsBadInput(t *testing.T) {
-	localcluster.RequireAssets(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// A lease longer than the test: east stops reporting and its record

@@ -92,7 +92,6 @@ func TestHubServesExternalTrustDomain(t *testing.T) {
 // with a key the hub already knows; afterwards tokens signed with the new
 // key are accepted, and tokens signed with a key never reported are not.
 func TestHubJWKSRotation(t *testing.T) {
-	localcluster.RequireAssets(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	e := startHub(t, ctx)

@@ -170,7 +170,6 @@ func (m *memberEnv) pool(t *testing.T, signer string) *signers.Pool {
 // the SPIFFE bundle that go-spiffe parses, PEM anchors, and the AIA target
 // of an issued certificate; a second hub replica serves the same.
 func TestHubServesMemberIssuer(t *testing.T) {
-	localcluster.RequireAssets(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	e := startHub(t, ctx)
