@@ -17,7 +17,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -301,48 +300,4 @@ func serving(opts *Options, log logr.Logger) (*tls.Config, string, error) {
 	}
 	log.Info("no --tls-cert-file: serving a self-signed development certificate; trust it with the CA file", "caFile", caFile)
 	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}, caFile, nil
-}
-
-// HTTPServer is the hub's server for its router, with timeouts against
-// slow clients; no WriteTimeout, which would cut the long polls short.
-func HTTPServer(h http.Handler, tlsCfg *tls.Config) *http.Server {
-	return &http.Server{Handler: h, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
-}
-
-// Middleware is what every hub request goes through: panic recovery, then
-// metrics and the access log. Exported for the well-known benchmark, which
-// measures the hub's real stack.
-func Middleware(log logr.Logger, reg prometheus.Registerer) []func(http.Handler) http.Handler {
-	return []func(http.Handler) http.Handler{middleware.Recoverer, accessLog(log, reg)}
-}
-
-// accessLog logs agent API calls and failures at info, document reads at
-// V(1), and counts every request by route and status.
-func accessLog(log logr.Logger, reg prometheus.Registerer) func(http.Handler) http.Handler {
-	requests := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anchorage_hub_http_requests_total", Help: "HTTP requests by route pattern, method and status code."}, []string{"route", "method", "code"})
-	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "anchorage_hub_http_request_duration_seconds", Help: "HTTP request latency by route pattern.",
-		Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}, []string{"route"})
-	reg.MustRegister(requests, latency)
-	return func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			start := time.Now()
-			ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
-			next.ServeHTTP(ww, r)
-			route := chi.RouteContext(r.Context()).RoutePattern()
-			if route == "" {
-				route = "unmatched"
-			}
-			d := time.Since(start)
-			requests.WithLabelValues(route, r.Method, strconv.Itoa(ww.Status())).Inc()
-			latency.WithLabelValues(route).Observe(d.Seconds())
-			l := log.V(1)
-			if ww.Status() >= 400 || chi.URLParam(r, "cluster") != "" && r.Method != http.MethodGet {
-				l = log
-			}
-			if !l.Enabled() {
-				return // before the arguments are boxed: most requests are not logged
-			}
-			l.Info("request", "method", r.Method, "path", r.URL.Path, "status", ww.Status(), "bytes", ww.BytesWritten(), "duration", d, "remote", r.RemoteAddr)
-		})
-	}
 }

@@ -1,0 +1,75 @@
+package app
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// The request metrics are labelled by route pattern, a bounded method and
+// the status, and stay right when their children come from the cache.
+func TestMiddlewareMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	r := chi.NewRouter()
+	r.Use(Middleware(logr.Discard(), reg)...)
+	r.Handle("/clusters/{cluster}/doc", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	for _, req := range []struct {
+		method, path string
+		want         int
+	}{
+		{http.MethodGet, "/clusters/east/doc", http.StatusNoContent},
+		{http.MethodGet, "/clusters/west/doc", http.StatusNoContent},
+		{http.MethodHead, "/clusters/east/doc", http.StatusNoContent},
+		// Any token is a method to net/http; chi refuses those it does
+		// not know.
+		{"BREW", "/clusters/east/doc", http.StatusMethodNotAllowed},
+		{"X-RANDOM-1", "/clusters/east/doc", http.StatusMethodNotAllowed},
+		{http.MethodGet, "/nowhere", http.StatusNotFound},
+	} {
+		w := httptest.NewRecorder()
+		r.ServeHTTP(w, httptest.NewRequest(req.method, req.path, nil))
+		if w.Code != req.want {
+			t.Fatalf("%s %s: status %d, want %d", req.method, req.path, w.Code, req.want)
+		}
+	}
+
+	const want = `
+# HELP anchorage_hub_http_requests_total HTTP requests by route pattern, method and status code.
+# TYPE anchorage_hub_http_requests_total counter
+anchorage_hub_http_requests_total{code="204",method="GET",route="/clusters/{cluster}/doc"} 2
+anchorage_hub_http_requests_total{code="204",method="HEAD",route="/clusters/{cluster}/doc"} 1
+anchorage_hub_http_requests_total{code="404",method="GET",route="unmatched"} 1
+anchorage_hub_http_requests_total{code="405",method="OTHER",route="unmatched"} 2
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "anchorage_hub_http_requests_total"); err != nil {
+		t.Error(err)
+	}
+	// One latency series per route, holding every request to it.
+	if n := testutil.CollectAndCount(reg, "anchorage_hub_http_request_duration_seconds"); n != 2 {
+		t.Errorf("%d latency series, want 2 (one per route)", n)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]uint64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "anchorage_hub_http_request_duration_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			counts[m.GetLabel()[0].GetValue()] = m.GetHistogram().GetSampleCount()
+		}
+	}
+	if counts["/clusters/{cluster}/doc"] != 3 || counts["unmatched"] != 3 {
+		t.Errorf("latency sample counts by route = %v, want 3 for the document route and 3 unmatched", counts)
+	}
+}
