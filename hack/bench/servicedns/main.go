@@ -11,8 +11,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -43,13 +41,9 @@ func main() {
 }
 
 func run(sizesFlag string, runs int) error {
-	var sizes []int
-	for _, s := range strings.Split(sizesFlag, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 2 {
-			return fmt.Errorf("-sizes: %q is not a count of at least 2", s)
-		}
-		sizes = append(sizes, n)
+	sizes, err := benchutil.Counts("sizes", sizesFlag, 2)
+	if err != nil {
+		return err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -1,18 +1,23 @@
 // Command wellknown measures the hub's well-known endpoint: requests/s and
 // p50/p99 latency of GET <issuer>/.well-known/spiffe-bundle served by
 // pkg/oidcbundle's Store (pre-serialised body, strong ETag) through the
-// hub's own stack (its chi middleware: panic recovery, metrics, access log;
-// its http.Server settings), beside go-spiffe's federation.NewHandler serving the same SPIFFE bundle
-// (same anchor, sequence and refresh hint) on another loopback server in the
-// same process and the same run.
+// hub's own stack (its chi middleware: panic recovery, metrics, access log),
+// beside go-spiffe's federation.NewHandler serving the same SPIFFE bundle
+// (same anchors, sequence and refresh hint) on another loopback server in
+// the same process and the same run. Both servers have the hub's
+// http.Server settings, so that only the handlers differ.
 //
-// One member is built with realistic anchors: a SPIFFE CA and a service-dns
+// One member is built with realistic anchors: SPIFFE CAs and a service-dns
 // CA from pkg/signers, and a JWKS of one RSA-2048 and one ECDSA P-256 public
-// key with kube-apiserver-style kids. Scenarios:
+// key with kube-apiserver-style kids. The SPIFFE bundle is measured at each
+// size of -anchors: a member's CA pool publishes one CA between rotations,
+// two (next or retired beside active) through a rotation and until the
+// retired CA's last leaf expires, three at most; go-spiffe re-encodes every
+// one of them on every request. Scenarios, at each size:
 //
 //  1. hub GET, 200 with the body;
 //  2. hub GET with If-None-Match of the current ETag, 304;
-//  3. go-spiffe handler GET, 200 with the body (it marshals per request).
+//  3. go-spiffe handler GET, 200 with the body.
 //
 // The load generator runs in-process: -clients goroutines, each with its own
 // keep-alive http.Transport (one connection), looping GET for -duration and
@@ -28,13 +33,15 @@
 // instead. Clients and servers share the machine's cores, unless -pin (with
 // -load wrk) gives the servers all cores but the last and wrk the last one:
 // then the servers are the bottleneck and their cost alone sets the
-// throughput, as when clients come from other machines.
+// throughput, as when clients come from other machines. -cpuprofile writes
+// a profile in which each server's goroutines are labelled.
 //
-//	go run ./wellknown [-clients 64] [-duration 5s] [-runs 5] [-tls] [-load go|wrk] [-pin]
+//	go run ./wellknown [-clients 64] [-duration 5s] [-runs 5] [-anchors 1,2,3] [-tls] [-load go|wrk] [-pin] [-cpuprofile file]
 package main
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -55,6 +62,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -93,6 +101,8 @@ func main() {
 	useTLS := flag.Bool("tls", false, "serve both contenders over TLS (HTTP/1.1) instead of plain HTTP/1.1")
 	loadGen := flag.String("load", "go", `load generator: "go" (in-process clients) or "wrk" (the wrk command, a separate C process that costs far less CPU per request, so the servers' cost shows)`)
 	pin := flag.Bool("pin", false, "with -load wrk: run the servers on all cores but the last and wrk on the last one (Linux, needs taskset)")
+	anchors := flag.String("anchors", "1,2,3", "SPIFFE bundle sizes to measure, in X.509 authorities: 1 is a member's CA pool before its first rotation, 2 during and after one (next or retired beside active), 3 all three states")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the measurements to this file; each server's goroutines carry the label server=hub or server=go-spiffe (go tool pprof -tagfocus server=hub)")
 	flag.Parse()
 	if *pin {
 		if *loadGen != "wrk" {
@@ -104,7 +114,7 @@ func main() {
 			os.Exit(1)
 		}
 	}
-	if err := run(*clients, *duration, *runs, *useTLS, *loadGen); err != nil {
+	if err := run(*clients, *duration, *runs, *useTLS, *loadGen, *anchors, *cpuProfile); err != nil {
 		fmt.Fprintln(os.Stderr, "wellknown:", err)
 		os.Exit(1)
 	}
@@ -125,9 +135,13 @@ type result struct {
 	cpu           float64 // process CPU (clients and server) per request, µs
 }
 
-func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen string) error {
+func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen, anchorsFlag, cpuProfile string) error {
 	if clients < 1 || runs < 1 || duration <= 0 {
 		return errors.New("-clients, -runs and -duration must be positive")
+	}
+	anchors, err := benchutil.Counts("anchors", anchorsFlag, 1)
+	if err != nil {
+		return err
 	}
 	if loadGen != "go" && loadGen != "wrk" {
 		return fmt.Errorf(`-load %q: use "go" or "wrk"`, loadGen)
@@ -152,9 +166,14 @@ func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen str
 		return err
 	}
 	issuer := store.Issuer(cluster)
-	spiffeCA, err := signers.NewCA(signers.Env{}, signers.SPIFFECAProfile(cluster, trustDomain, issuer), nil)
-	if err != nil {
-		return err
+	// The member's CA pool at its largest: active, next, retired, ...
+	spiffeCAs := make([]*x509.Certificate, slices.Max(anchors))
+	for i := range spiffeCAs {
+		ca, err := signers.NewCA(signers.Env{}, signers.SPIFFECAProfile(cluster, trustDomain, issuer), nil)
+		if err != nil {
+			return err
+		}
+		spiffeCAs[i] = ca.Anchor()
 	}
 	dnsCA, err := signers.NewCA(signers.Env{}, signers.ServiceDNSCAProfile(cluster, "cluster.local", issuer), nil)
 	if err != nil {
@@ -164,49 +183,41 @@ func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen str
 	if err != nil {
 		return err
 	}
-	if err := store.SetMember(oidcbundle.Member{
-		Name:        cluster,
-		TrustDomain: trustDomain,
-		JWKS:        jwks,
-		Anchors: map[string][]*x509.Certificate{
-			signers.SPIFFESignerName:     {spiffeCA.Anchor()},
-			signers.ServiceDNSSignerName: {dnsCA.Anchor()},
-		},
-		SPIFFESequence:    sequence,
-		SPIFFERefreshHint: refreshHint,
-	}); err != nil {
-		return err
-	}
 	r := chi.NewRouter()
 	r.Use(hubapp.Middleware(logr.Discard(), prometheus.NewRegistry())...)
 	store.Routes(r)
-	hubSrv.Config = hubapp.HTTPServer(r, nil)
 
 	td := spiffeid.RequireTrustDomainFromString(trustDomain)
-	bundle := spiffebundle.New(td)
-	bundle.SetX509Authorities([]*x509.Certificate{spiffeCA.Anchor()})
+	bundle := spiffebundle.New(td) // a bundle source: the handler reads it on every request
 	bundle.SetSequenceNumber(sequence)
 	bundle.SetRefreshHint(refreshHint)
 	h, err := federation.NewHandler(td, bundle)
 	if err != nil {
 		return err
 	}
-	spiffeSrv.Config.Handler = h
+	// Both handlers get the hub's http.Server settings (its timeouts cost a
+	// little per request), so that only the handlers differ.
+	hubSrv.Config = hubapp.HTTPServer(r, nil)
+	spiffeSrv.Config = hubapp.HTTPServer(h, nil)
 
 	// Connections opened, to check that every client keeps its one
 	// connection alive through a measurement.
 	var conns atomic.Int64
-	for _, s := range []*httptest.Server{hubSrv, spiffeSrv} {
+	for i, s := range []*httptest.Server{hubSrv, spiffeSrv} {
 		s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
 			if st == http.StateNew {
 				conns.Add(1)
 			}
 		}
-		if useTLS {
-			s.StartTLS() // HTTP/1.1 only unless EnableHTTP2 is set
-		} else {
-			s.Start()
-		}
+		// The serving goroutines inherit the label, so that a profile
+		// separates the two servers.
+		pprof.Do(context.Background(), pprof.Labels("server", []string{"hub", "go-spiffe"}[i]), func(context.Context) {
+			if useTLS {
+				s.StartTLS() // HTTP/1.1 only unless EnableHTTP2 is set
+			} else {
+				s.Start()
+			}
+		})
 		defer s.Close()
 	}
 	var hubTLS, spiffeTLS *tls.Config
@@ -214,19 +225,39 @@ func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen str
 		hubTLS = hubSrv.Client().Transport.(*http.Transport).TLSClientConfig
 		spiffeTLS = spiffeSrv.Client().Transport.(*http.Transport).TLSClientConfig
 	}
-
 	hubBundleURL := issuer + oidcbundle.SPIFFEBundlePath
 	spiffeURL := spiffeSrv.URL + "/"
-	etag, size, err := checkSameBundle(hubBundleURL, hubTLS, spiffeURL, spiffeTLS, td)
-	if err != nil {
-		return err
+
+	transport := "plain HTTP/1.1 keep-alive (no TLS: the handlers are compared, not TLS)"
+	if useTLS {
+		transport = "HTTPS (TLS 1.3, HTTP/1.1) keep-alive"
 	}
-	scenarios := []scenario{
-		{name: "hub GET " + oidcbundle.SPIFFEBundlePath + " (200)", url: hubBundleURL, want: http.StatusOK, tls: hubTLS},
-		{name: "hub GET with If-None-Match (304)", url: hubBundleURL, ifNoneMatch: etag, want: http.StatusNotModified, tls: hubTLS},
-		{name: "go-spiffe federation.NewHandler GET (200)", url: spiffeURL, want: http.StatusOK, tls: spiffeTLS},
+	fmt.Printf("Both servers: the hub's http.Server settings, %s on 127.0.0.1; %d clients, one connection each; "+
+		"%d runs × %v per scenario after a %v warm-up, scenarios alternating; medians over runs.\n",
+		transport, clients, runs, duration, warmup)
+	switch {
+	case loadGen == "wrk" && os.Getenv(pinnedEnv) != "":
+		fmt.Printf("Load from wrk (%d threads, a separate process) pinned to CPU %s; both servers run in this process, pinned to the other CPUs (GOMAXPROCS=%d), %s. CPU/request is the servers' alone.\n",
+			wrkThreads, os.Getenv(pinnedEnv), runtime.GOMAXPROCS(0), runtime.Version())
+	case loadGen == "wrk":
+		fmt.Printf("Load from wrk (%d threads, a separate process); both servers run in this process; all share the machine's %d cores (GOMAXPROCS=%d), %s. CPU/request is the servers' alone.\n",
+			wrkThreads, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
+	default:
+		fmt.Printf("Clients and both servers run in one process and share the machine's %d cores (GOMAXPROCS=%d), %s.\n",
+			runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
 	}
 
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	// Latency slices, allocated once and reused by every measurement.
 	lat := make([][]time.Duration, clients)
 	for i := range lat {
@@ -234,76 +265,84 @@ func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen str
 	}
 	all := make([]time.Duration, 0, clients<<16)
 
-	results := make([][]result, len(scenarios))
-	for run := range runs {
-		for k := range scenarios {
-			i := (run + k) % len(scenarios)
-			s := scenarios[i]
-			benchutil.Progress("run %d/%d: %s (%v warm-up, %v measured)", run+1, runs, s.name, warmup, duration)
-			before := conns.Load()
-			var res result
-			if loadGen == "wrk" {
-				res, err = measureWrk(s, clients, duration)
-			} else {
-				res, err = measure(s, clients, duration, lat, &all)
+	for _, n := range anchors {
+		if err := store.SetMember(oidcbundle.Member{
+			Name:        cluster,
+			TrustDomain: trustDomain,
+			JWKS:        jwks,
+			Anchors: map[string][]*x509.Certificate{
+				signers.SPIFFESignerName:     spiffeCAs[:n],
+				signers.ServiceDNSSignerName: {dnsCA.Anchor()},
+			},
+			SPIFFESequence:    sequence,
+			SPIFFERefreshHint: refreshHint,
+		}); err != nil {
+			return err
+		}
+		bundle.SetX509Authorities(spiffeCAs[:n])
+		etag, size, err := checkSameBundle(hubBundleURL, hubTLS, spiffeURL, spiffeTLS, td)
+		if err != nil {
+			return err
+		}
+		scenarios := []scenario{
+			{name: "hub GET " + oidcbundle.SPIFFEBundlePath + " (200)", url: hubBundleURL, want: http.StatusOK, tls: hubTLS},
+			{name: "hub GET with If-None-Match (304)", url: hubBundleURL, ifNoneMatch: etag, want: http.StatusNotModified, tls: hubTLS},
+			{name: "go-spiffe federation.NewHandler GET (200)", url: spiffeURL, want: http.StatusOK, tls: spiffeTLS},
+		}
+		results := make([][]result, len(scenarios))
+		for run := range runs {
+			for k := range scenarios {
+				i := (run + k) % len(scenarios)
+				s := scenarios[i]
+				benchutil.Progress("%d anchor(s), run %d/%d: %s (%v warm-up, %v measured)", n, run+1, runs, s.name, warmup, duration)
+				before := conns.Load()
+				var res result
+				if loadGen == "wrk" {
+					res, err = measureWrk(s, clients, duration)
+				} else {
+					res, err = measure(s, clients, duration, lat, &all)
+				}
+				if err != nil {
+					return fmt.Errorf("%s: %w", s.name, err)
+				}
+				if opened := conns.Load() - before; loadGen == "go" && opened != int64(clients) {
+					benchutil.Progress("  note: %d connections opened for %d clients", opened, clients)
+				}
+				benchutil.Progress("  %.0f req/s, p50 %.0f µs, p99 %.0f µs, %.1f µs CPU/request", res.rps, res.p50, res.p99, res.cpu)
+				results[i] = append(results[i], res)
 			}
+		}
+
+		fmt.Printf("\nSPIFFE bundle with %d X.509 authorit%s, %d bytes:\n\n", n, map[bool]string{true: "y", false: "ies"}[n == 1], size)
+		fmt.Println("| scenario | requests/s | p50 | p99 | CPU/request (this process) | throughput vs go-spiffe | p99 vs go-spiffe | CPU/request vs go-spiffe |")
+		fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+		base := medians(results[len(results)-1])
+		for i, s := range scenarios {
+			m := medians(results[i])
+			ratio, p99ratio, cpuRatio := "—", "—", "—"
+			if i < len(scenarios)-1 {
+				ratio = fmt.Sprintf("%.2fx", m.rps/base.rps)
+				p99ratio = fmt.Sprintf("%.2fx", m.p99/base.p99)
+				cpuRatio = fmt.Sprintf("%.2fx", m.cpu/base.cpu)
+			}
+			fmt.Printf("| %s | %.0f | %.0f µs | %.0f µs | %.1f µs | %s | %s | %s |\n", s.name, m.rps, m.p50, m.p99, m.cpu, ratio, p99ratio, cpuRatio)
+		}
+
+		// The handlers alone, without sockets or clients: what the
+		// end-to-end figures above are made of on the server side.
+		benchutil.Progress("%d anchor(s): measuring the handlers alone (%d runs)", n, runs)
+		handlers := []http.Handler{r, r, h}
+		fmt.Println("\nThe same requests given straight to the handlers (hub: its chi router and middleware; go-spiffe: its handler), no network, one goroutine:")
+		fmt.Println()
+		fmt.Println("| scenario | ns/request | allocs/request | bytes allocated/request |")
+		fmt.Println("| --- | ---: | ---: | ---: |")
+		for i, s := range scenarios {
+			ns, allocs, bytes, err := handlerCost(handlers[i], s, runs)
 			if err != nil {
 				return fmt.Errorf("%s: %w", s.name, err)
 			}
-			if opened := conns.Load() - before; loadGen == "go" && opened != int64(clients) {
-				benchutil.Progress("  note: %d connections opened for %d clients", opened, clients)
-			}
-			benchutil.Progress("  %.0f req/s, p50 %.0f µs, p99 %.0f µs, %.1f µs CPU/request", res.rps, res.p50, res.p99, res.cpu)
-			results[i] = append(results[i], res)
+			fmt.Printf("| %s | %d | %d | %d |\n", s.name, ns, allocs, bytes)
 		}
-	}
-
-	transport := "plain HTTP/1.1 keep-alive (no TLS: the handlers are compared, not TLS)"
-	if useTLS {
-		transport = "HTTPS (TLS 1.3, HTTP/1.1) keep-alive"
-	}
-	fmt.Printf("SPIFFE bundle of %d bytes (one anchor); %s on 127.0.0.1; %d clients, one connection each; "+
-		"%d runs × %v per scenario after a %v warm-up, scenarios alternating; medians over runs.\n",
-		size, transport, clients, runs, duration, warmup)
-	switch {
-	case loadGen == "wrk" && os.Getenv(pinnedEnv) != "":
-		fmt.Printf("Load from wrk (%d threads, a separate process) pinned to CPU %s; both servers run in this process, pinned to the other CPUs (GOMAXPROCS=%d), %s. CPU/request is the servers' alone.\n\n",
-			wrkThreads, os.Getenv(pinnedEnv), runtime.GOMAXPROCS(0), runtime.Version())
-	case loadGen == "wrk":
-		fmt.Printf("Load from wrk (%d threads, a separate process); both servers run in this process; all share the machine's %d cores (GOMAXPROCS=%d), %s. CPU/request is the servers' alone.\n\n",
-			wrkThreads, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
-	default:
-		fmt.Printf("Clients and both servers run in one process and share the machine's %d cores (GOMAXPROCS=%d), %s.\n\n",
-			runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
-	}
-	fmt.Println("| scenario | requests/s | p50 | p99 | CPU/request (this process) | throughput vs go-spiffe | p99 vs go-spiffe | CPU/request vs go-spiffe |")
-	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-	base := medians(results[len(results)-1])
-	for i, s := range scenarios {
-		m := medians(results[i])
-		ratio, p99ratio, cpuRatio := "—", "—", "—"
-		if i < len(scenarios)-1 {
-			ratio = fmt.Sprintf("%.2fx", m.rps/base.rps)
-			p99ratio = fmt.Sprintf("%.2fx", m.p99/base.p99)
-			cpuRatio = fmt.Sprintf("%.2fx", m.cpu/base.cpu)
-		}
-		fmt.Printf("| %s | %.0f | %.0f µs | %.0f µs | %.1f µs | %s | %s | %s |\n", s.name, m.rps, m.p50, m.p99, m.cpu, ratio, p99ratio, cpuRatio)
-	}
-
-	// The handlers alone, without sockets or clients: what the end-to-end
-	// figures above are made of on the server side.
-	benchutil.Progress("measuring the handlers alone (%d runs)", runs)
-	handlers := []http.Handler{r, r, h}
-	fmt.Println("\nThe same requests given straight to the handlers (hub: its chi router; go-spiffe: its handler), no network, one goroutine:")
-	fmt.Println()
-	fmt.Println("| scenario | ns/request | allocs/request | bytes allocated/request |")
-	fmt.Println("| --- | ---: | ---: | ---: |")
-	for i, s := range scenarios {
-		ns, allocs, bytes, err := handlerCost(handlers[i], s, runs)
-		if err != nil {
-			return fmt.Errorf("%s: %w", s.name, err)
-		}
-		fmt.Printf("| %s | %d | %d | %d |\n", s.name, ns, allocs, bytes)
 	}
 	return nil
 }

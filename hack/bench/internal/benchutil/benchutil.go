@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -107,4 +109,18 @@ func etcdDir() (string, error) {
 		return "", nil
 	}
 	return os.MkdirTemp("/dev/shm", "anchorage-bench-etcd-")
+}
+
+// Counts parses a flag holding a comma-separated list of counts, each at
+// least least; name is the flag's, for the error.
+func Counts(name, list string, least int) ([]int, error) {
+	var ns []int
+	for _, s := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < least {
+			return nil, fmt.Errorf("-%s: %q is not a count of at least %d", name, s, least)
+		}
+		ns = append(ns, n)
+	}
+	return ns, nil
 }
