@@ -34,7 +34,7 @@ bench-smoke: ## A short run of every benchmark (CI checks they work; figures com
 		&& $(GO) run ./propagation -changes 4 -members 2 && $(GO) run ./fanout -members 50 -changes 2
 
 bench-wellknown: ## Well-known endpoint throughput and p99 at 64 clients, beside go-spiffe's bundle endpoint handler: wrk on its own core (needs Debian's wrk), then in-process clients.
-	cd hack/bench && $(GO) run ./wellknown -clients 64 -duration 5s -runs 5 -load wrk -pin && $(GO) run ./wellknown -clients 64 -duration 5s -runs 5
+	cd hack/bench && $(GO) run ./wellknown -clients 64 -duration 5s -runs 7 -load wrk -pin && $(GO) run ./wellknown -clients 64 -duration 5s -runs 5
 
 bench-propagation: ## Anchor change in one member to the bundle updated in every other member, p50/p99 over 50 changes.
 	cd hack/bench && $(GO) run ./propagation -changes 50 -members 3
