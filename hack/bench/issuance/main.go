@@ -255,7 +255,7 @@ func ratios(a, b []time.Duration) []float64 {
 	return out
 }
 
-func medianRatio(a, b []time.Duration) float64 { return benchutil.MedianFloat(ratios(a, b)) }
+func medianRatio(a, b []time.Duration) float64 { return benchutil.Median(ratios(a, b)) }
 
 func fmtRatios(a, b []time.Duration) string {
 	var s []string

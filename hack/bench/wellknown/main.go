@@ -330,7 +330,7 @@ func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen, an
 				for j, r := range results[i] {
 					rs = append(rs, r.rps/baseRuns[j].rps)
 				}
-				within = fmt.Sprintf("%.2fx (%.2f–%.2f)", benchutil.MedianFloat(rs), slices.Min(rs), slices.Max(rs))
+				within = fmt.Sprintf("%.2fx (%.2f–%.2f)", benchutil.Median(rs), slices.Min(rs), slices.Max(rs))
 				p99ratio = fmt.Sprintf("%.2fx", m.p99/base.p99)
 				cpuRatio = fmt.Sprintf("%.2fx", m.cpu/base.cpu)
 			}
@@ -380,7 +380,7 @@ func handlerCost(h http.Handler, s scenario, runs int) (ns, allocs, bytes int64,
 		})
 		nss, as, bs = append(nss, float64(res.NsPerOp())), append(as, float64(res.AllocsPerOp())), append(bs, float64(res.AllocedBytesPerOp()))
 	}
-	return int64(benchutil.MedianFloat(nss)), int64(benchutil.MedianFloat(as)), int64(benchutil.MedianFloat(bs)), err
+	return int64(benchutil.Median(nss)), int64(benchutil.Median(as)), int64(benchutil.Median(bs)), err
 }
 
 // discardWriter is a reusable http.ResponseWriter that keeps the status.
@@ -405,7 +405,7 @@ func medians(rs []result) result {
 	for _, r := range rs {
 		rps, p50, p99, cpu = append(rps, r.rps), append(p50, r.p50), append(p99, r.p99), append(cpu, r.cpu)
 	}
-	return result{benchutil.MedianFloat(rps), benchutil.MedianFloat(p50), benchutil.MedianFloat(p99), benchutil.MedianFloat(cpu)}
+	return result{benchutil.Median(rps), benchutil.Median(p50), benchutil.Median(p99), benchutil.Median(cpu)}
 }
 
 // measure warms up on fresh connections for one second, then loads s for d.

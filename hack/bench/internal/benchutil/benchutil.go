@@ -36,21 +36,8 @@ func QuietLogs(components logr.Logger) {
 	ctrl.SetLogger(components)
 }
 
-// Median of ds (the mean of the middle two for an even count).
-func Median(ds []time.Duration) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-// MedianFloat of xs.
-func MedianFloat(xs []float64) float64 {
+// Median of xs (the mean of the middle two for an even count).
+func Median[T time.Duration | float64](xs []T) T {
 	if len(xs) == 0 {
 		return 0
 	}
