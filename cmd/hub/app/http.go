@@ -2,6 +2,7 @@ package app
 
 import (
 	"crypto/tls"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"sync"
@@ -15,8 +16,11 @@ import (
 
 // HTTPServer is the hub's server for its router, with timeouts against
 // slow clients; no WriteTimeout, which would cut the long polls short.
-func HTTPServer(h http.Handler, tlsCfg *tls.Config) *http.Server {
-	return &http.Server{Handler: h, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+// net/http's own messages (failed TLS handshakes, accept errors) go to log
+// rather than as unstructured lines on stderr.
+func HTTPServer(h http.Handler, tlsCfg *tls.Config, log logr.Logger) *http.Server {
+	return &http.Server{Handler: h, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(logr.ToSlogHandler(log), slog.LevelInfo)}
 }
 
 // Middleware is what every hub request goes through: panic recovery, then

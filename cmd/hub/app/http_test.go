@@ -1,13 +1,18 @@
 package app
 
 import (
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -71,5 +76,41 @@ anchorage_hub_http_requests_total{code="405",method="OTHER",route="unmatched"} 2
 	}
 	if counts["/clusters/{cluster}/doc"] != 3 || counts["unmatched"] != 3 {
 		t.Errorf("latency sample counts by route = %v, want 3 for the document route and 3 unmatched", counts)
+	}
+}
+
+// net/http's own messages, such as a failed TLS handshake, go to the hub's
+// logger rather than as unstructured lines on stderr.
+func TestHTTPServerLogsThroughLogger(t *testing.T) {
+	var mu sync.Mutex
+	var logged []string
+	log := funcr.New(func(_, args string) {
+		mu.Lock()
+		defer mu.Unlock()
+		logged = append(logged, args)
+	}, funcr.Options{})
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config = HTTPServer(http.NotFoundHandler(), nil, log)
+	srv.StartTLS()
+	defer srv.Close()
+
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = conn.Write([]byte("GET / HTTP/1.1\r\n\r\n")) // plain HTTP to a TLS port
+	_, _ = io.Copy(io.Discard, conn)                    // until the server hangs up
+	conn.Close()
+
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		all := strings.Join(logged, "\n")
+		mu.Unlock()
+		if strings.Contains(all, `"msg"="http: TLS handshake error from `) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no TLS handshake error logged through the logger; logged: %q", all)
+		}
 	}
 }

@@ -178,7 +178,7 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) 
 		}
 	}
 	h := &Hub{Manager: mgr, Store: store, Sets: sets, Registry: registry, CAFile: caFile, ln: ln,
-		server: HTTPServer(r, tlsCfg)}
+		server: HTTPServer(r, tlsCfg, log.WithName("http-server"))}
 	if err := mgr.Add(serveRunnable(h, log)); err != nil {
 		return nil, err
 	}

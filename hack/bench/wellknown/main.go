@@ -197,8 +197,8 @@ func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen, an
 	}
 	// Both handlers get the hub's http.Server settings (its timeouts cost a
 	// little per request), so that only the handlers differ.
-	hubSrv.Config = hubapp.HTTPServer(r, nil)
-	spiffeSrv.Config = hubapp.HTTPServer(h, nil)
+	hubSrv.Config = hubapp.HTTPServer(r, nil, logr.Discard())
+	spiffeSrv.Config = hubapp.HTTPServer(h, nil, logr.Discard())
 
 	// Connections opened, to check that every client keeps its one
 	// connection alive through a measurement.
