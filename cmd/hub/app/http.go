@@ -43,15 +43,19 @@ func accessLog(log logr.Logger, m *httpMetrics) func(http.Handler) http.Handler 
 				route = "unmatched"
 			}
 			d := time.Since(start)
-			m.observe(route, r.Method, ww.Status(), d)
+			status := ww.Status()
+			if status == 0 {
+				status = http.StatusOK // nothing written: net/http sends 200
+			}
+			m.observe(route, r.Method, status, d)
 			l := log.V(1)
-			if ww.Status() >= 400 || chi.URLParam(r, "cluster") != "" && r.Method != http.MethodGet {
+			if status >= 400 || chi.URLParam(r, "cluster") != "" && r.Method != http.MethodGet {
 				l = log
 			}
 			if !l.Enabled() {
 				return // before the arguments are boxed: most requests are not logged
 			}
-			l.Info("request", "method", r.Method, "path", r.URL.Path, "status", ww.Status(), "bytes", ww.BytesWritten(), "duration", d, "remote", r.RemoteAddr)
+			l.Info("request", "method", r.Method, "path", r.URL.Path, "status", status, "bytes", ww.BytesWritten(), "duration", d, "remote", r.RemoteAddr)
 		})
 	}
 }
@@ -96,7 +100,7 @@ func (m *httpMetrics) observe(route, method string, code int, d time.Duration) {
 	if !ok {
 		v, _ = m.children.LoadOrStore(k, requestMetrics{
 			count:   m.requests.WithLabelValues(k.route, k.method, strconv.Itoa(code)),
-			latency: m.latency.WithLabelValues(route),
+			latency: m.latency.WithLabelValues(k.route),
 		})
 	}
 	c := v.(requestMetrics)

@@ -26,6 +26,7 @@ func TestMiddlewareMetrics(t *testing.T) {
 	r.Handle("/clusters/{cluster}/doc", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 	}))
+	r.Get("/silent", func(http.ResponseWriter, *http.Request) {}) // net/http answers 200
 	for _, req := range []struct {
 		method, path string
 		want         int
@@ -38,6 +39,7 @@ func TestMiddlewareMetrics(t *testing.T) {
 		{"BREW", "/clusters/east/doc", http.StatusMethodNotAllowed},
 		{"X-RANDOM-1", "/clusters/east/doc", http.StatusMethodNotAllowed},
 		{http.MethodGet, "/nowhere", http.StatusNotFound},
+		{http.MethodGet, "/silent", http.StatusOK},
 	} {
 		w := httptest.NewRecorder()
 		r.ServeHTTP(w, httptest.NewRequest(req.method, req.path, nil))
@@ -51,6 +53,7 @@ func TestMiddlewareMetrics(t *testing.T) {
 # TYPE anchorage_hub_http_requests_total counter
 anchorage_hub_http_requests_total{code="204",method="GET",route="/clusters/{cluster}/doc"} 2
 anchorage_hub_http_requests_total{code="204",method="HEAD",route="/clusters/{cluster}/doc"} 1
+anchorage_hub_http_requests_total{code="200",method="GET",route="/silent"} 1
 anchorage_hub_http_requests_total{code="404",method="GET",route="unmatched"} 1
 anchorage_hub_http_requests_total{code="405",method="OTHER",route="unmatched"} 2
 `
@@ -58,8 +61,8 @@ anchorage_hub_http_requests_total{code="405",method="OTHER",route="unmatched"} 2
 		t.Error(err)
 	}
 	// One latency series per route, holding every request to it.
-	if n := testutil.CollectAndCount(reg, "anchorage_hub_http_request_duration_seconds"); n != 2 {
-		t.Errorf("%d latency series, want 2 (one per route)", n)
+	if n := testutil.CollectAndCount(reg, "anchorage_hub_http_request_duration_seconds"); n != 3 {
+		t.Errorf("%d latency series, want 3 (one per route)", n)
 	}
 	mfs, err := reg.Gather()
 	if err != nil {
