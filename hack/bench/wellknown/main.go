@@ -17,7 +17,11 @@
 //
 //  1. hub GET, 200 with the body;
 //  2. hub GET with If-None-Match of the current ETag, 304;
-//  3. go-spiffe handler GET, 200 with the body.
+//  3. the floor: a bare handler on a third server writing the hub's
+//     response (its headers and bytes) with no router, middleware or
+//     lookup, the least any handler serving these bytes through net/http
+//     can cost; the hub's distance to it is all its own;
+//  4. go-spiffe handler GET, 200 with the body.
 //
 // The load generator runs in-process: -clients goroutines, each with its own
 // keep-alive http.Transport (one connection), looping GET for -duration and
@@ -56,6 +60,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -129,6 +134,12 @@ type scenario struct {
 	tls         *tls.Config
 }
 
+// response is a pre-built response: its header and body.
+type response struct {
+	header http.Header
+	body   []byte
+}
+
 // result of one measurement.
 type result struct {
 	rps, p50, p99 float64 // requests/s; latencies in µs
@@ -153,6 +164,7 @@ func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen, an
 	}
 	// Listeners first: the hub's URL is part of its documents.
 	hubSrv := httptest.NewUnstartedServer(nil)
+	floorSrv := httptest.NewUnstartedServer(nil)
 	spiffeSrv := httptest.NewUnstartedServer(nil)
 	scheme := "http"
 	if useTLS {
@@ -195,23 +207,35 @@ func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen, an
 	if err != nil {
 		return err
 	}
-	// Both handlers get the hub's http.Server settings (its timeouts cost a
-	// little per request), so that only the handlers differ.
+	// The floor is net/http alone writing the hub's response, its headers
+	// and bytes, with no router, middleware or lookup: no handler serving
+	// these bytes through net/http can cost less, so the hub can come no
+	// closer to go-spiffe than this.
+	var floorDoc atomic.Pointer[response]
+	floor := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		d := floorDoc.Load()
+		maps.Copy(w.Header(), d.header)
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(d.body)
+	})
+	// Every handler gets the hub's http.Server settings (its timeouts cost
+	// a little per request), so that only the handlers differ.
 	hubSrv.Config = hubapp.HTTPServer(r, nil, logr.Discard())
+	floorSrv.Config = hubapp.HTTPServer(floor, nil, logr.Discard())
 	spiffeSrv.Config = hubapp.HTTPServer(h, nil, logr.Discard())
 
 	// Connections opened, to check that every client keeps its one
 	// connection alive through a measurement.
 	var conns atomic.Int64
-	for i, s := range []*httptest.Server{hubSrv, spiffeSrv} {
+	for i, s := range []*httptest.Server{hubSrv, floorSrv, spiffeSrv} {
 		s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
 			if st == http.StateNew {
 				conns.Add(1)
 			}
 		}
 		// The serving goroutines inherit the label, so that a profile
-		// separates the two servers.
-		pprof.Do(context.Background(), pprof.Labels("server", []string{"hub", "go-spiffe"}[i]), func(context.Context) {
+		// separates the servers.
+		pprof.Do(context.Background(), pprof.Labels("server", []string{"hub", "floor", "go-spiffe"}[i]), func(context.Context) {
 			if useTLS {
 				s.StartTLS() // HTTP/1.1 only unless EnableHTTP2 is set
 			} else {
@@ -220,12 +244,14 @@ func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen, an
 		})
 		defer s.Close()
 	}
-	var hubTLS, spiffeTLS *tls.Config
+	var hubTLS, floorTLS, spiffeTLS *tls.Config
 	if useTLS {
 		hubTLS = hubSrv.Client().Transport.(*http.Transport).TLSClientConfig
+		floorTLS = floorSrv.Client().Transport.(*http.Transport).TLSClientConfig
 		spiffeTLS = spiffeSrv.Client().Transport.(*http.Transport).TLSClientConfig
 	}
 	hubBundleURL := issuer + oidcbundle.SPIFFEBundlePath
+	floorURL := floorSrv.URL + "/"
 	spiffeURL := spiffeSrv.URL + "/"
 
 	transport := "plain HTTP/1.1 keep-alive (no TLS: the handlers are compared, not TLS)"
@@ -280,13 +306,16 @@ func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen, an
 			return err
 		}
 		bundle.SetX509Authorities(spiffeCAs[:n])
-		etag, size, err := checkSameBundle(hubBundleURL, hubTLS, spiffeURL, spiffeTLS, td)
+		hubHeader, hubBody, err := checkSameBundle(hubBundleURL, hubTLS, spiffeURL, spiffeTLS, td)
 		if err != nil {
 			return err
 		}
+		hubHeader.Del("Date") // net/http writes its own
+		floorDoc.Store(&response{header: hubHeader, body: hubBody})
 		scenarios := []scenario{
 			{name: "hub GET " + oidcbundle.SPIFFEBundlePath + " (200)", url: hubBundleURL, want: http.StatusOK, tls: hubTLS},
-			{name: "hub GET with If-None-Match (304)", url: hubBundleURL, ifNoneMatch: etag, want: http.StatusNotModified, tls: hubTLS},
+			{name: "hub GET with If-None-Match (304)", url: hubBundleURL, ifNoneMatch: hubHeader.Get("ETag"), want: http.StatusNotModified, tls: hubTLS},
+			{name: "floor: net/http writing the hub's bytes, no router or middleware (200)", url: floorURL, want: http.StatusOK, tls: floorTLS},
 			{name: "go-spiffe federation.NewHandler GET (200)", url: spiffeURL, want: http.StatusOK, tls: spiffeTLS},
 		}
 		results := make([][]result, len(scenarios))
@@ -313,7 +342,7 @@ func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen, an
 			}
 		}
 
-		fmt.Printf("\nSPIFFE bundle with %d X.509 authorit%s, %d bytes:\n\n", n, map[bool]string{true: "y", false: "ies"}[n == 1], size)
+		fmt.Printf("\nSPIFFE bundle with %d X.509 authorit%s, %d bytes:\n\n", n, map[bool]string{true: "y", false: "ies"}[n == 1], len(hubBody))
 		fmt.Println("| scenario | requests/s | p50 | p99 | CPU/request (this process) | throughput vs go-spiffe | same, within runs | p99 vs go-spiffe | CPU/request vs go-spiffe |")
 		fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 		baseRuns := results[len(results)-1]
@@ -340,7 +369,7 @@ func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen, an
 		// The handlers alone, without sockets or clients: what the
 		// end-to-end figures above are made of on the server side.
 		benchutil.Progress("%d anchor(s): measuring the handlers alone (%d runs)", n, runs)
-		handlers := []http.Handler{r, r, h}
+		handlers := []http.Handler{r, r, floor, h}
 		fmt.Println("\nThe same requests given straight to the handlers (hub: its chi router and middleware; go-spiffe: its handler), no network, one goroutine:")
 		fmt.Println()
 		fmt.Println("| scenario | ns/request | allocs/request | bytes allocated/request |")
@@ -501,8 +530,9 @@ func load(s scenario, transports []*http.Transport, d time.Duration, lat [][]tim
 }
 
 // checkSameBundle fetches both contenders' bundles, checks that they hold
-// the same bundle, and returns the hub's ETag and body size.
-func checkSameBundle(hubURL string, hubTLS *tls.Config, spiffeURL string, spiffeTLS *tls.Config, td spiffeid.TrustDomain) (string, int, error) {
+// the same bundle, and returns the hub's response header, with an ETag, and
+// body.
+func checkSameBundle(hubURL string, hubTLS *tls.Config, spiffeURL string, spiffeTLS *tls.Config, td spiffeid.TrustDomain) (http.Header, []byte, error) {
 	get := func(url string, tc *tls.Config) (*http.Response, []byte, error) {
 		c := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
 		resp, err := c.Get(url)
@@ -518,31 +548,30 @@ func checkSameBundle(hubURL string, hubTLS *tls.Config, spiffeURL string, spiffe
 	}
 	hubResp, hubBody, err := get(hubURL, hubTLS)
 	if err != nil {
-		return "", 0, err
+		return nil, nil, err
 	}
 	_, spiffeBody, err := get(spiffeURL, spiffeTLS)
 	if err != nil {
-		return "", 0, err
+		return nil, nil, err
 	}
 	a, err := spiffebundle.Parse(td, hubBody)
 	if err != nil {
-		return "", 0, fmt.Errorf("hub bundle: %w", err)
+		return nil, nil, fmt.Errorf("hub bundle: %w", err)
 	}
 	b, err := spiffebundle.Parse(td, spiffeBody)
 	if err != nil {
-		return "", 0, fmt.Errorf("go-spiffe bundle: %w", err)
+		return nil, nil, fmt.Errorf("go-spiffe bundle: %w", err)
 	}
 	if !a.Equal(b) {
-		return "", 0, errors.New("the hub and go-spiffe serve different bundles")
+		return nil, nil, errors.New("the hub and go-spiffe serve different bundles")
 	}
 	if !bytes.Equal(hubBody, spiffeBody) {
 		benchutil.Progress("note: same bundle, different bytes (%d vs %d)", len(hubBody), len(spiffeBody))
 	}
-	etag := hubResp.Header.Get("ETag")
-	if etag == "" {
-		return "", 0, errors.New("the hub sent no ETag")
+	if hubResp.Header.Get("ETag") == "" {
+		return nil, nil, errors.New("the hub sent no ETag")
 	}
-	return etag, len(hubBody), nil
+	return hubResp.Header, hubBody, nil
 }
 
 // apiserverJWKS is a JWKS like a kube-apiserver's with two service-account
