@@ -4,7 +4,7 @@
 // hub's own stack (its chi middleware: panic recovery, metrics, access log),
 // beside go-spiffe's federation.NewHandler serving the same SPIFFE bundle
 // (same anchors, sequence and refresh hint) on another loopback server in
-// the same process and the same run. Both servers have the hub's
+// the same process and the same run. Every server has the hub's
 // http.Server settings, so that only the handlers differ.
 //
 // One member is built with realistic anchors: SPIFFE CAs and a service-dns
@@ -32,8 +32,8 @@
 // the process's CPU time per request (getrusage: clients and servers
 // together, less sensitive than throughput to a noisy, shared machine) are
 // printed, then the cost of the handlers alone (testing.Benchmark, no
-// network). Both servers speak plain HTTP/1.1 on 127.0.0.1, so the comparison
-// is of the handlers, not of TLS; -tls serves both over TLS (HTTP/1.1)
+// network). All servers speak plain HTTP/1.1 on 127.0.0.1, so the comparison
+// is of the handlers, not of TLS; -tls serves all over TLS (HTTP/1.1)
 // instead. Clients and servers share the machine's cores, unless -pin (with
 // -load wrk) gives the servers all cores but the last and wrk the last one:
 // then the servers are the bottleneck and their cost alone sets the
@@ -258,18 +258,18 @@ func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen, an
 	if useTLS {
 		transport = "HTTPS (TLS 1.3, HTTP/1.1) keep-alive"
 	}
-	fmt.Printf("Both servers: the hub's http.Server settings, %s on 127.0.0.1; %d clients, one connection each; "+
+	fmt.Printf("Every server: the hub's http.Server settings, %s on 127.0.0.1; %d clients, one connection each; "+
 		"%d runs × %v per scenario after a %v warm-up, scenarios alternating; medians over runs.\n",
 		transport, clients, runs, duration, warmup)
 	switch {
 	case loadGen == "wrk" && os.Getenv(pinnedEnv) != "":
-		fmt.Printf("Load from wrk (%d threads, a separate process) pinned to CPU %s; both servers run in this process, pinned to the other CPUs (GOMAXPROCS=%d), %s. CPU/request is the servers' alone.\n",
+		fmt.Printf("Load from wrk (%d threads, a separate process) pinned to CPU %s; the servers run in this process, pinned to the other CPUs (GOMAXPROCS=%d), %s. CPU/request is the servers' alone.\n",
 			wrkThreads, os.Getenv(pinnedEnv), runtime.GOMAXPROCS(0), runtime.Version())
 	case loadGen == "wrk":
-		fmt.Printf("Load from wrk (%d threads, a separate process); both servers run in this process; all share the machine's %d cores (GOMAXPROCS=%d), %s. CPU/request is the servers' alone.\n",
+		fmt.Printf("Load from wrk (%d threads, a separate process); the servers run in this process; all share the machine's %d cores (GOMAXPROCS=%d), %s. CPU/request is the servers' alone.\n",
 			wrkThreads, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
 	default:
-		fmt.Printf("Clients and both servers run in one process and share the machine's %d cores (GOMAXPROCS=%d), %s.\n",
+		fmt.Printf("Clients and the servers run in one process and share the machine's %d cores (GOMAXPROCS=%d), %s.\n",
 			runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
 	}
 
