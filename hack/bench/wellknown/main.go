@@ -103,11 +103,11 @@ func main() {
 	clients := flag.Int("clients", 64, "concurrent clients, each with its own keep-alive connection")
 	duration := flag.Duration("duration", 5*time.Second, "measured time per scenario and run (after a 1 s warm-up)")
 	runs := flag.Int("runs", 5, "repetitions; medians are printed")
-	useTLS := flag.Bool("tls", false, "serve both contenders over TLS (HTTP/1.1) instead of plain HTTP/1.1")
+	useTLS := flag.Bool("tls", false, "serve every server (hub, floor, go-spiffe) over TLS (HTTP/1.1) instead of plain HTTP/1.1")
 	loadGen := flag.String("load", "go", `load generator: "go" (in-process clients) or "wrk" (the wrk command, a separate C process that costs far less CPU per request, so the servers' cost shows)`)
 	pin := flag.Bool("pin", false, "with -load wrk: run the servers on all cores but the last and wrk on the last one (Linux, needs taskset)")
 	anchors := flag.String("anchors", "1,2,3", "SPIFFE bundle sizes to measure, in X.509 authorities: 1 is a member's CA pool before its first rotation, 2 during and after one (next or retired beside active), 3 all three states")
-	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the measurements to this file; each server's goroutines carry the label server=hub or server=go-spiffe (go tool pprof -tagfocus server=hub)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the measurements to this file; each server's goroutines carry the label server=hub, server=floor or server=go-spiffe (go tool pprof -tagfocus server=hub)")
 	flag.Parse()
 	if *pin {
 		if *loadGen != "wrk" {
@@ -343,28 +343,7 @@ func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen, an
 		}
 
 		fmt.Printf("\nSPIFFE bundle with %d X.509 authorit%s, %d bytes:\n\n", n, map[bool]string{true: "y", false: "ies"}[n == 1], len(hubBody))
-		fmt.Println("| scenario | requests/s | p50 | p99 | CPU/request (this process) | throughput vs go-spiffe | same, within runs | p99 vs go-spiffe | CPU/request vs go-spiffe |")
-		fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-		baseRuns := results[len(results)-1]
-		base := medians(baseRuns)
-		for i, s := range scenarios {
-			m := medians(results[i])
-			ratio, within, p99ratio, cpuRatio := "—", "—", "—", "—"
-			if i < len(scenarios)-1 {
-				ratio = fmt.Sprintf("%.2fx", m.rps/base.rps)
-				// Each run's scenarios follow one another within
-				// seconds, so the median of the runs' own ratios is
-				// less sensitive to a machine whose speed drifts.
-				var rs []float64
-				for j, r := range results[i] {
-					rs = append(rs, r.rps/baseRuns[j].rps)
-				}
-				within = fmt.Sprintf("%.2fx (%.2f–%.2f)", benchutil.Median(rs), slices.Min(rs), slices.Max(rs))
-				p99ratio = fmt.Sprintf("%.2fx", m.p99/base.p99)
-				cpuRatio = fmt.Sprintf("%.2fx", m.cpu/base.cpu)
-			}
-			fmt.Printf("| %s | %.0f | %.0f µs | %.0f µs | %.1f µs | %s | %s | %s | %s |\n", s.name, m.rps, m.p50, m.p99, m.cpu, ratio, within, p99ratio, cpuRatio)
-		}
+		printResults(scenarios, results)
 
 		// The handlers alone, without sockets or clients: what the
 		// end-to-end figures above are made of on the server side.
@@ -383,6 +362,33 @@ func run(clients int, duration time.Duration, runs int, useTLS bool, loadGen, an
 		}
 	}
 	return nil
+}
+
+// printResults prints the medians of each scenario's runs and its ratios to
+// the last scenario, go-spiffe's.
+func printResults(scenarios []scenario, results [][]result) {
+	fmt.Println("| scenario | requests/s | p50 | p99 | CPU/request (this process) | throughput vs go-spiffe | same, within runs | p99 vs go-spiffe | CPU/request vs go-spiffe |")
+	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	baseRuns := results[len(results)-1]
+	base := medians(baseRuns)
+	for i, s := range scenarios {
+		m := medians(results[i])
+		ratio, within, p99ratio, cpuRatio := "—", "—", "—", "—"
+		if i < len(scenarios)-1 {
+			ratio = fmt.Sprintf("%.2fx", m.rps/base.rps)
+			// Each run's scenarios follow one another within seconds,
+			// so the median of the runs' own ratios is less sensitive
+			// to a machine whose speed drifts.
+			var rs []float64
+			for j, r := range results[i] {
+				rs = append(rs, r.rps/baseRuns[j].rps)
+			}
+			within = fmt.Sprintf("%.2fx (%.2f–%.2f)", benchutil.Median(rs), slices.Min(rs), slices.Max(rs))
+			p99ratio = fmt.Sprintf("%.2fx", m.p99/base.p99)
+			cpuRatio = fmt.Sprintf("%.2fx", m.cpu/base.cpu)
+		}
+		fmt.Printf("| %s | %.0f | %.0f µs | %.0f µs | %.1f µs | %s | %s | %s | %s |\n", s.name, m.rps, m.p50, m.p99, m.cpu, ratio, within, p99ratio, cpuRatio)
+	}
 }
 
 // handlerCost is the median over runs of testing.Benchmark's cost of one
