@@ -31,6 +31,9 @@ type Member struct {
 }
 
 // External is a trust domain outside the hub (a TrustDomain object).
+// Without Anchors it is known but has no bundle the hub can vouch for (not
+// fetched yet, or what was fetched does not parse): members federating
+// with it are told to keep whatever bundle of it they hold.
 type External struct {
 	TrustDomain string
 	Anchors     []*x509.Certificate
@@ -48,7 +51,10 @@ type External struct {
 //     anchors, its own included (a clusterset name may resolve to any
 //     cluster, this one too);
 //   - the state of its own anchors: Distributed once every member whose set
-//     holds the anchor has acked that set (the gate of CA promotion).
+//     holds the anchor has acked that set (the gate of CA promotion);
+//   - Keep: the bundles of wanted external trust domains that have no
+//     anchors yet, which the agent must neither write nor delete (only an
+//     explicit removal deletes a federated bundle).
 //
 // Members without anchors add nothing; a bundle with no anchor is left out
 // (the API rejects an empty bundle, and its absence removes the object).
@@ -67,9 +73,11 @@ func Sets(members []Member, external []External) map[string]BundleSet {
 	for _, m := range byName {
 		spiffe[m.TrustDomain] = append(spiffe[m.TrustDomain], contribution{m.Name, m.Anchors[signers.SPIFFESignerName]})
 	}
+	unvouched := map[string]bool{} // external trust domains without anchors
 	for _, x := range external {
 		if _, member := spiffe[x.TrustDomain]; !member {
 			spiffe[x.TrustDomain] = []contribution{{"", x.Anchors}} // a member trust domain is theirs alone
+			unvouched[x.TrustDomain] = len(x.Anchors) == 0
 		}
 	}
 	allTDs := make([]string, 0, len(spiffe))
@@ -150,18 +158,21 @@ func Sets(members []Member, external []External) map[string]BundleSet {
 			wanted = slices.Compact(wanted)
 		}
 		var parts []*built
+		var keep []string
 		for _, td := range wanted {
 			if _, known := spiffe[td]; !known {
 				continue
 			}
-			if b := spiffeBundle(m, td); b != nil {
+			if unvouched[td] {
+				keep = append(keep, TrustDomainBundleName(td))
+			} else if b := spiffeBundle(m, td); b != nil {
 				parts = append(parts, b)
 			}
 		}
 		if m.ClusterSet && clusterset != nil {
 			parts = append(parts, clusterset)
 		}
-		set := BundleSet{ClusterSet: m.ClusterSet, Bundles: make([]Bundle, 0, len(parts))}
+		set := BundleSet{ClusterSet: m.ClusterSet, Bundles: make([]Bundle, 0, len(parts)), Keep: keep} // wanted is sorted, so keep is
 		for _, p := range parts {
 			set.Bundles = append(set.Bundles, p.bundle)
 		}

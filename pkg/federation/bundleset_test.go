@@ -106,6 +106,26 @@ func TestSets(t *testing.T) {
 		}
 	})
 
+	t.Run("an external trust domain without anchors is kept, not removed", func(t *testing.T) {
+		unfetched := External{TrustDomain: "spire.example"}
+		sets := Sets(all, []External{unfetched})
+		if got := sets[north.Name]; !slices.Equal(got.Keep, []string{"anchorage.dev:spiffe:td-spire.example"}) ||
+			slices.Contains(names(got.Bundles), "anchorage.dev:spiffe:td-spire.example") {
+			t.Errorf("north (federates with *): keep %v, bundles %v", got.Keep, names(got.Bundles))
+		}
+		if got := sets[east.Name]; got.Keep != nil {
+			t.Errorf("east does not federate with spire.example, yet keeps %v", got.Keep)
+		}
+		if sets[north.Name].Digest() == Sets(all, nil)[north.Name].Digest() {
+			t.Error("keeping a bundle and removing it must not share a digest")
+		}
+		// A member trust domain is never the external's to hold back.
+		ghost := External{TrustDomain: "west.example"}
+		if got := Sets(all, []External{ghost})[east.Name]; got.Keep != nil || !slices.Contains(names(got.Bundles), "anchorage.dev:spiffe:td-west.example") {
+			t.Errorf("east: keep %v, bundles %v", got.Keep, names(got.Bundles))
+		}
+	})
+
 	t.Run("deterministic, and the digest follows the content", func(t *testing.T) {
 		shuffled := []Member{north, east2, empty, east, west}
 		a, b := desired(east.Name, all, []External{spire}), desired(east.Name, shuffled, []External{spire})

@@ -71,6 +71,11 @@ type BundleSet struct {
 	// Anchors are the member's own anchors as the hub has them, and whether
 	// every member trusting each has applied it.
 	Anchors []AnchorStatus `json:"anchors"`
+	// Keep names federated bundles, sorted, that the member must leave as
+	// they are, neither written nor deleted: their trust domain is still
+	// wanted, but the hub has no bundle of it to vouch for right now (an
+	// external trust domain not fetched yet, or fetched but unparsable).
+	Keep []string `json:"keep,omitempty"`
 }
 
 // Bundle is one ClusterTrustBundle a member's agent applies.
