@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
 	"time"
@@ -19,7 +20,9 @@ import (
 )
 
 // DefaultCALifetime is the lifetime of a CA the agent generates. Rotation
-// (next → active → retired) replaces it well before it ends.
+// is not automatic: an operator starts it (`member-agent ca rotate`,
+// docs/rotate-ca.md) well before the CA ends; the agent then carries it
+// through next → active → retired.
 const DefaultCALifetime = 365 * 24 * time.Hour
 
 // caBackdate leaves room for clock skew between the agent and verifiers.
@@ -163,16 +166,41 @@ func constrain(tmpl *x509.Certificate, p CAProfile) error {
 		// domain, since a subdomain is another trust domain.
 		tmpl.PermittedURIDomains = []string{td.Name()}
 		tmpl.ExcludedURIDomains = []string{"." + td.Name()}
+		tmpl.ExcludedDNSDomains = []string{allDNSNames}
 	case ServiceDNSSignerName:
 		if len(p.DNSDomains) == 0 {
 			return errors.New("the service-dns CA needs at least one permitted DNS domain")
 		}
 		tmpl.PermittedDNSDomains = p.DNSDomains
+		tmpl.PermittedURIDomains, tmpl.ExcludedURIDomains = []string{noURIHost}, []string{noURIHost}
 	default:
 		return fmt.Errorf("unknown signer %q", p.Signer)
 	}
+	// Verifiers check each SAN type only against constraints of that type,
+	// so each CA shuts out the types it never issues.
+	tmpl.ExcludedIPRanges = allIPs()
 	tmpl.PermittedDNSDomainsCritical = true
 	return nil
+}
+
+// Constraints that shut out a whole name type. An excluded zero-length
+// dNSName and 0.0.0.0/0 with ::/0 are how the CA/Browser Forum Baseline
+// Requirements exclude every DNS name and IP address; Go's verifier and
+// OpenSSL's (nc_dns: "empty matches everything") read them so. URIs have
+// no such form: Go matches every host against an empty URI constraint, but
+// OpenSSL compares URI hosts exactly, so the service-dns CA permits one
+// host and excludes that same host, which leaves no URI in either.
+// "invalid" is a reserved name (RFC 6761) no trust domain should use.
+const (
+	allDNSNames = ""
+	noURIHost   = "invalid"
+)
+
+func allIPs() []*net.IPNet {
+	return []*net.IPNet{
+		{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
+		{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)},
+	}
 }
 
 // subjectKeyID is RFC 7093 method 1: the leftmost 160 bits of the SHA-256

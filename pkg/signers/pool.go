@@ -56,7 +56,7 @@ func (p *Pool) Anchors(now time.Time) []*x509.Certificate {
 	seen := map[string]bool{}
 	for _, state := range []CAState{StateActive, StateNext, StateRetired} {
 		for _, ca := range p.CAs {
-			if ca.State != state || (state == StateRetired && !now.Before(ca.RetiredAt.Add(MaxLeafLifetime))) {
+			if ca.State != state || ca.leavesExpired(now) {
 				continue
 			}
 			a := ca.Anchor()
@@ -69,15 +69,53 @@ func (p *Pool) Anchors(now time.Time) []*x509.Certificate {
 	return out
 }
 
-// Validate checks the pool is usable for signing.
+// leavesExpired: ca is retired and every leaf it signed has expired at
+// now. A retired CA without a retirement time (written by hand) is kept
+// until Stamped gives it one: its leaves may be valid for another day.
+func (c *CA) leavesExpired(now time.Time) bool {
+	return c.State == StateRetired && !c.RetiredAt.IsZero() && !now.Before(c.RetiredAt.Add(MaxLeafLifetime))
+}
+
+// Validate checks the pool is usable for signing: exactly one active CA
+// and at most one next (promoting two would make two active).
 func (p *Pool) Validate() error {
+	next := 0
 	for i, ca := range p.CAs {
 		if err := ca.validate(); err != nil {
 			return fmt.Errorf("CA %d of the %s pool: %w", i, p.Signer, err)
 		}
+		if ca.State == StateNext {
+			next++
+		}
+	}
+	if next > 1 {
+		return fmt.Errorf("the %s CA pool has %d next CAs: a pool holds at most one, remove the others from the pool Secret", p.Signer, next)
 	}
 	_, err := p.Active()
 	return err
+}
+
+// Stamped returns a copy of the pool where a next CA without AddedAt and
+// retired CAs without RetiredAt (put there by hand) are timed from now:
+// the next CA waits its full publication, a retired one stays published
+// while its leaves may live. It also returns the SKIDs of the CAs stamped.
+func (p *Pool) Stamped(now time.Time) (*Pool, []string) {
+	out := p.clone()
+	var stamped []string
+	for i, ca := range out.CAs {
+		c := *ca
+		switch {
+		case ca.State == StateNext && ca.AddedAt.IsZero():
+			c.AddedAt = now.UTC()
+		case ca.State == StateRetired && ca.RetiredAt.IsZero():
+			c.RetiredAt = now.UTC()
+		default:
+			continue
+		}
+		out.CAs[i] = &c
+		stamped = append(stamped, c.SKID())
+	}
+	return out, stamped
 }
 
 // Next returns the CA waiting to be promoted, or nil.
@@ -135,9 +173,7 @@ func (p *Pool) WithoutNext() *Pool {
 // expired at now, and whether any was dropped.
 func (p *Pool) Pruned(now time.Time) (*Pool, bool) {
 	out := p.clone()
-	out.CAs = slices.DeleteFunc(out.CAs, func(ca *CA) bool {
-		return ca.State == StateRetired && !now.Before(ca.RetiredAt.Add(MaxLeafLifetime))
-	})
+	out.CAs = slices.DeleteFunc(out.CAs, func(ca *CA) bool { return ca.leavesExpired(now) })
 	return out, len(out.CAs) != len(p.CAs)
 }
 

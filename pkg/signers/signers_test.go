@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"math/big"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -292,6 +293,19 @@ func TestNameConstraints(t *testing.T) {
 		{"cluster domain", dns, &x509.Certificate{DNSNames: []string{"web.shop.svc.cluster.local"}}, true},
 		{"clusterset name", dns, &x509.Certificate{DNSNames: []string{"web.shop.svc.clusterset.local"}}, true},
 		{"public name", dns, &x509.Certificate{DNSNames: []string{"bank.example.com"}}, false},
+		// Each CA shuts out the name types it never issues: verifiers
+		// check a SAN only against constraints of its own type.
+		{"DNS name under the SPIFFE CA", spiffe, &x509.Certificate{DNSNames: []string{"bank.example.com"}}, false},
+		{"service name under the SPIFFE CA", spiffe, &x509.Certificate{DNSNames: []string{"web.shop.svc"}}, false},
+		{"DNS name beside the SPIFFE ID", spiffe, &x509.Certificate{URIs: uri("spiffe://east.example/ns/a/sa/b"), DNSNames: []string{"bank.example.com"}}, false},
+		{"IPv4 under the SPIFFE CA", spiffe, &x509.Certificate{IPAddresses: []net.IP{net.ParseIP("10.0.0.1")}}, false},
+		{"IPv6 under the SPIFFE CA", spiffe, &x509.Certificate{IPAddresses: []net.IP{net.ParseIP("2001:db8::1")}}, false},
+		{"IPv4 under the service-dns CA", dns, &x509.Certificate{IPAddresses: []net.IP{net.ParseIP("192.168.1.1")}}, false},
+		{"IPv6 under the service-dns CA", dns, &x509.Certificate{IPAddresses: []net.IP{net.ParseIP("::1")}}, false},
+		{"SPIFFE ID under the service-dns CA", dns, &x509.Certificate{URIs: uri("spiffe://east.example/ns/a/sa/b")}, false},
+		{"https URI under the service-dns CA", dns, &x509.Certificate{URIs: uri("https://web.shop.svc/")}, false},
+		{"the reserved URI host under the service-dns CA", dns, &x509.Certificate{URIs: uri("spiffe://invalid/ns/a/sa/b")}, false},
+		{"URI beside a service name", dns, &x509.Certificate{DNSNames: []string{"web.shop.svc"}, URIs: uri("spiffe://east.example/x")}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := verify(tc.pool, forge(tc.pool, tc.tmpl))
@@ -604,4 +618,71 @@ func equalEKU(got []x509.ExtKeyUsage, want ...x509.ExtKeyUsage) bool {
 		}
 	}
 	return true
+}
+
+// CAs written into a pool by hand carry no times. A retired one stays
+// published (its leaves may live another day) until Stamped times it from
+// now; a second next CA makes the pool invalid, since promoting both
+// would leave two active CAs.
+func TestPoolCAsWithoutTimes(t *testing.T) {
+	prof := SPIFFECAProfile("east", td.Name(), issuer)
+	p := newPool(t, prof, "ca-p256")
+	retired, err := NewCA(testEnv(t0), prof, key(t, "ca2-p256"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	retired.State = StateRetired
+	next, err := NewCA(testEnv(t0), prof, key(t, "root-p384"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	next.State = StateNext
+	p.CAs = append(p.CAs, retired, next)
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+
+	later := t0.Add(3 * MaxLeafLifetime)
+	if got := p.Anchors(later); len(got) != 3 {
+		t.Errorf("a retired CA without RetiredAt must stay published; got %d anchors", len(got))
+	}
+	if _, dropped := p.Pruned(later); dropped {
+		t.Error("a retired CA without RetiredAt was pruned")
+	}
+
+	stamped, skids := p.Stamped(later)
+	if !equalStrings(skids, []string{retired.SKID(), next.SKID()}) {
+		t.Errorf("stamped %v, want the retired then the next CA", skids)
+	}
+	if r := stamped.CAs[1]; r.State != StateRetired || !r.RetiredAt.Equal(later) || !stamped.CAs[2].AddedAt.Equal(later) || !stamped.CAs[0].AddedAt.IsZero() {
+		t.Errorf("times after Stamped: retiredAt %v, addedAt %v, active addedAt %v", r.RetiredAt, stamped.CAs[2].AddedAt, stamped.CAs[0].AddedAt)
+	}
+	if !p.CAs[1].RetiredAt.IsZero() || !p.CAs[2].AddedAt.IsZero() {
+		t.Error("Stamped changed the pool in use")
+	}
+	if _, again := stamped.Stamped(later.Add(time.Hour)); len(again) != 0 {
+		t.Errorf("stamped again: %v", again)
+	}
+	if _, dropped := stamped.Pruned(later.Add(MaxLeafLifetime - time.Second)); dropped {
+		t.Error("retired CA pruned while its leaves may live")
+	}
+	if got := stamped.Anchors(later.Add(MaxLeafLifetime)); len(got) != 2 {
+		t.Errorf("retired CA must go a leaf lifetime after it was stamped; got %d anchors", len(got))
+	}
+	if pruned, dropped := stamped.Pruned(later.Add(MaxLeafLifetime)); !dropped || len(pruned.CAs) != 2 {
+		t.Error("retired CA not pruned a leaf lifetime after it was stamped")
+	}
+
+	second := *next
+	p.CAs = append(p.CAs, &second)
+	if err := p.Validate(); err == nil || !strings.Contains(err.Error(), "2 next CAs") {
+		t.Errorf("Validate with two next CAs: %v", err)
+	}
+	data, err := p.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := UnmarshalPool(data); err == nil {
+		t.Error("a pool with two next CAs loaded")
+	}
 }

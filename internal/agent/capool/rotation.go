@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -188,16 +189,12 @@ func (r *Rotation) step(pool *signers.Pool, request string, sc SignerConfig, now
 		return nil, 0, "", fmt.Errorf("unknown %s %q: use %s, %s or %s", RequestAnnotation, request, RequestRotate, RequestPromote, RequestAbort)
 	}
 
+	// CAs put there by hand have no times: their publication starts now,
+	// not at the beginning of time.
+	if stamped, skids := pool.Stamped(now); len(skids) > 0 {
+		return stamped, r.PromotionDelay, fmt.Sprintf("CAs %s found without a publication or retirement time; they are published from now", strings.Join(skids, ", ")), nil
+	}
 	if n := pool.Next(); n != nil {
-		if n.AddedAt.IsZero() {
-			// Put there by hand: its publication starts now, not at
-			// the beginning of time.
-			stamped, err := pool.WithoutNext().WithNext(n, now)
-			if err != nil {
-				return nil, 0, "", err
-			}
-			return stamped, r.PromotionDelay, fmt.Sprintf("next CA %s found without a publication time; it is published from now", n.SKID()), nil
-		}
 		wait := n.AddedAt.Add(r.PromotionDelay).Sub(now)
 		skid := hex.EncodeToString(n.Anchor().SubjectKeyId)
 		switch {

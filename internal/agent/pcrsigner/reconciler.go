@@ -42,6 +42,7 @@ const (
 	caExpiringRetry           = 30 * time.Second
 	eventActionSign           = "Sign"
 	eventActionWaitForService = "Wait"
+	maxListed                 = 3 // unknown user annotation keys named in a denial
 )
 
 // PoolSource hands out a signer's current CA pool.
@@ -213,7 +214,7 @@ func (r *Reconciler) check(ctx context.Context, req *certsv1.PodCertificateReque
 		}
 	}
 	if unknown := unknownKeys(req.Spec.UnverifiedUserAnnotations, r.Profile.UserAnnotations()); len(unknown) > 0 {
-		msg := fmt.Sprintf("%s does not understand the user annotations %s", r.Signer, strings.Join(unknown, ", "))
+		msg := fmt.Sprintf("%s does not understand the user annotations %s", r.Signer, FirstFew(unknown, maxListed))
 		if known := r.Profile.UserAnnotations(); len(known) > 0 {
 			msg += "; it understands " + strings.Join(known, ", ")
 		}
@@ -253,7 +254,7 @@ func (r *Reconciler) wait(ctx context.Context, req *certsv1.PodCertificateReques
 		return ctrl.Result{}, r.finish(ctx, req, pod, certsv1.PodCertificateRequestConditionTypeFailed, p.Reason,
 			fmt.Sprintf("%s (waited %s)", p.Message, r.PendingTimeout))
 	}
-	r.Recorder.Eventf(pod, req, corev1.EventTypeNormal, p.Reason, eventActionWaitForService, "%s", p.Message)
+	r.Recorder.Eventf(pod, req, corev1.EventTypeNormal, p.Reason, eventActionWaitForService, "%s", Shorten(p.Message, MaxMessage))
 	retry := p.RetryAfter
 	if retry == 0 {
 		retry = defaultPendingRetry
@@ -262,8 +263,10 @@ func (r *Reconciler) wait(ctx context.Context, req *certsv1.PodCertificateReques
 }
 
 // finish writes a Denied or Failed condition, with a Warning Event on the
-// pod saying why.
+// pod saying why. Messages are shortened to what the apiserver accepts:
+// they may quote the pod's user annotations.
 func (r *Reconciler) finish(ctx context.Context, req *certsv1.PodCertificateRequest, pod *corev1.Pod, condType, reason, message string) error {
+	message = Shorten(message, MaxMessage)
 	out := req.DeepCopy()
 	meta.SetStatusCondition(&out.Status.Conditions, metav1.Condition{Type: condType, Status: metav1.ConditionTrue, Reason: reason, Message: message})
 	if err := r.writeStatus(ctx, out); err != nil {
@@ -271,7 +274,8 @@ func (r *Reconciler) finish(ctx context.Context, req *certsv1.PodCertificateRequ
 	}
 	ctrl.LoggerFrom(ctx).Info("request "+strings.ToLower(condType), "reason", reason, "message", message)
 	if pod != nil && pod.UID != "" {
-		r.Recorder.Eventf(pod, req, corev1.EventTypeWarning, reason, eventActionSign, "%s %s: %s", r.Signer, strings.ToLower(condType), message)
+		note := fmt.Sprintf("%s %s: %s", r.Signer, strings.ToLower(condType), message)
+		r.Recorder.Eventf(pod, req, corev1.EventTypeWarning, reason, eventActionSign, "%s", Shorten(note, MaxMessage))
 	}
 	if r.Metrics != nil {
 		vec := r.Metrics.Denied

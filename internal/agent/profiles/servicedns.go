@@ -89,7 +89,7 @@ func (p *ServiceDNS) Template(ctx context.Context, req *certsv1.PodCertificateRe
 	if len(names) == 0 {
 		msg := fmt.Sprintf("no Service in namespace %s selects pod %s", pod.Namespace, pod.Name)
 		if narrow := req.Spec.UnverifiedUserAnnotations[ServicesAnnotation]; narrow != "" {
-			msg = fmt.Sprintf("none of the Services %q (annotation %s) selects pod %s/%s", narrow, ServicesAnnotation, pod.Namespace, pod.Name)
+			msg = fmt.Sprintf("none of the Services %s (annotation %s) selects pod %s/%s", pcrsigner.Quote(narrow), ServicesAnnotation, pod.Namespace, pod.Name)
 		}
 		return nil, &pcrsigner.Pending{Reason: ReasonNoMatchingService, Message: msg + "; the certificate is issued as soon as one does", RetryAfter: p.RetryAfter}
 	}
