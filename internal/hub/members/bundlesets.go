@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -140,27 +141,14 @@ func (s *BundleSets) Reconcile(ctx context.Context, _ reconcile.Request) (reconc
 			Anchors: s.anchors.anchors(log, mc), AppliedDigest: mc.Status.AppliedBundleDigest,
 		})
 	}
-	var external []federation.External
-	for i := range tds.Items {
-		td := &tds.Items[i]
-		if td.Status.Bundle == "" {
-			continue
-		}
-		anchors, _, _, err := parseSPIFFEBundle(td.Spec.TrustDomain, td.Status.Bundle)
-		if err != nil {
-			log.Error(err, "skipping an unparsable fetched bundle", "trustDomain", td.Spec.TrustDomain)
-			continue
-		}
-		external = append(external, federation.External{TrustDomain: td.Spec.TrustDomain, Anchors: anchors})
-	}
-	sets := federation.Sets(members, external)
+	sets := federation.Sets(members, externals(log, tds.Items))
 	digests := make(map[string]string, len(sets))
 	for name, set := range sets {
 		digests[name] = set.Digest()
 	}
 
 	if s.leading() {
-		next, changed := nextSequences(assigned, applied, digests, s.Clock.Now())
+		next, changed := nextSequences(assigned, s.floors(applied), digests, s.Clock.Now())
 		if changed > 0 || len(next) != len(assigned) {
 			if err := s.writeSequences(ctx, &cm, exists, next); err != nil {
 				s.written = nil                // another leader wrote: start again from the cache
@@ -189,16 +177,61 @@ func (s *BundleSets) leading() bool {
 	}
 }
 
+// externals are the TrustDomains as federation.Sets takes them. One whose
+// bundle is not fetched yet, or does not parse, goes in without anchors:
+// members keep what they hold of it (fail-static) rather than delete it.
+// Of several TrustDomains of one trust domain, the first by name with
+// anchors counts, so that every replica computes the same sets.
+func externals(log logr.Logger, tds []hubv1.TrustDomain) []federation.External {
+	index := map[string]int{}
+	var out []federation.External
+	for _, td := range byName(tds) {
+		x := federation.External{TrustDomain: td.Spec.TrustDomain}
+		if doc := td.CurrentBundle(); doc != "" {
+			anchors, _, _, err := parseSPIFFEBundle(td.Spec.TrustDomain, doc)
+			if err != nil {
+				log.Error(err, "an unparsable fetched bundle: members keep what they hold of the trust domain", "trustDomain", td.Spec.TrustDomain)
+			}
+			x.Anchors = anchors
+		}
+		if i, seen := index[x.TrustDomain]; seen {
+			if len(out[i].Anchors) == 0 {
+				out[i] = x
+			}
+			continue
+		}
+		index[x.TrustDomain] = len(out)
+		out = append(out, x)
+	}
+	return out
+}
+
+// floors are, per member, the sequence a new one must exceed: what the
+// member acked and what this replica has published. After the ConfigMap is
+// lost, a sequence the agent may have received (published, not acked yet)
+// is never assigned to other content.
+func (s *BundleSets) floors(applied map[string]int64) map[string]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]int64, len(applied))
+	maps.Copy(out, applied)
+	for name, p := range s.published {
+		out[name] = max(out[name], p.entry.Sequence)
+	}
+	return out
+}
+
 // nextSequences bumps the sequence of every member whose digest changed
-// and drops members that are gone. A sequence never falls below what the
-// member acked, so losing the ConfigMap cannot send a sequence backwards.
-func nextSequences(assigned map[string]SequenceEntry, applied map[string]int64, digests map[string]string, now time.Time) (map[string]SequenceEntry, int) {
+// and drops members that are gone. A new sequence is above the member's
+// floor (see floors), so losing the ConfigMap can neither send a sequence
+// backwards nor give one sequence two contents.
+func nextSequences(assigned map[string]SequenceEntry, floor map[string]int64, digests map[string]string, now time.Time) (map[string]SequenceEntry, int) {
 	next := make(map[string]SequenceEntry, len(digests))
 	changed := 0
 	for name, d := range digests {
 		e, ok := assigned[name]
 		if !ok || e.Digest != d {
-			e = SequenceEntry{Sequence: max(e.Sequence, applied[name]) + 1, Digest: d, Since: metav1.NewTime(now.UTC().Truncate(time.Second))}
+			e = SequenceEntry{Sequence: max(e.Sequence, floor[name]) + 1, Digest: d, Since: metav1.NewTime(now.UTC().Truncate(time.Second))}
 			changed++
 		}
 		next[name] = e
@@ -259,7 +292,7 @@ func (s *BundleSets) publish(log logr.Logger, sets map[string]federation.BundleS
 		if !ok || e.Digest != digests[name] {
 			continue // this replica's cache and the leader disagree for now: keep the old answer
 		}
-		if p := s.published[name]; p != nil && p.entry.Sequence == e.Sequence {
+		if p := s.published[name]; p != nil && p.entry.Sequence == e.Sequence && p.entry.Digest == e.Digest {
 			continue
 		}
 		set.Sequence = e.Sequence

@@ -1,9 +1,13 @@
 package members
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"crypto/x509"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -76,6 +80,7 @@ func (d *Documents) Reconcile(ctx context.Context, _ reconcile.Request) (reconci
 	}
 	members, domains, versions := map[string]bool{}, map[string]bool{}, map[string]string{}
 	byTD := map[string]*oidcbundle.TrustDomainBundle{}
+	contributions := map[string][]contribution{} // member trust domain -> its members' SPIFFE anchors
 	var changed []oidcbundle.Member
 	for i := range mcs.Items {
 		mc := &mcs.Items[i]
@@ -107,9 +112,21 @@ func (d *Documents) Reconcile(ctx context.Context, _ reconcile.Request) (reconci
 				b = &oidcbundle.TrustDomainBundle{TrustDomain: mc.Spec.TrustDomain}
 				byTD[mc.Spec.TrustDomain] = b
 			}
-			b.Anchors = append(b.Anchors, spiffe...)
+			for _, a := range spiffe {
+				contributions[mc.Spec.TrustDomain] = append(contributions[mc.Spec.TrustDomain], contribution{mc.Name, a})
+			}
+			// Not monotonic: it falls when a member leaves the trust domain
+			// or is re-created (its anchorsSequence restarts). No value
+			// derived from the members alone can be (any such value falls
+			// back to what it was before a member joined, once it leaves);
+			// that would take a counter persisted per trust domain.
+			// go-spiffe's federation client does not compare sequences; a
+			// consumer that did would only wait for the next change.
 			b.Sequence += uint64(mc.Status.AnchorsSequence)
 		}
+	}
+	for td, cs := range contributions {
+		byTD[td].Anchors = sortedAnchors(cs)
 	}
 	d.anchors.endRound()
 	for name, err := range d.Store.SetMembers(changed) {
@@ -118,12 +135,12 @@ func (d *Documents) Reconcile(ctx context.Context, _ reconcile.Request) (reconci
 		log.Error(err, "cannot serve member documents", "cluster", name)
 		delete(versions, name)
 	}
-	for i := range tds.Items {
-		td := &tds.Items[i]
-		if td.Status.Bundle == "" || byTD[td.Spec.TrustDomain] != nil {
-			continue // nothing fetched yet, or a member trust domain (members win)
+	for _, td := range byName(tds.Items) {
+		doc := td.CurrentBundle()
+		if doc == "" || byTD[td.Spec.TrustDomain] != nil {
+			continue // nothing fetched yet, a member trust domain (members win), or already served
 		}
-		anchors, seq, hint, err := parseSPIFFEBundle(td.Spec.TrustDomain, td.Status.Bundle)
+		anchors, seq, hint, err := parseSPIFFEBundle(td.Spec.TrustDomain, doc)
 		if err != nil {
 			log.Error(err, "skipping an unparsable fetched bundle", "trustDomain", td.Spec.TrustDomain)
 			continue
@@ -153,6 +170,38 @@ func (d *Documents) Reconcile(ctx context.Context, _ reconcile.Request) (reconci
 		close(d.Ready)
 	}
 	return reconcile.Result{}, nil
+}
+
+// contribution is one SPIFFE anchor of a member to its trust domain's bundle.
+type contribution struct {
+	member string
+	cert   *x509.Certificate
+}
+
+// sortedAnchors orders a trust domain's anchors by member name, then
+// certificate bytes: the informer lists in no fixed order, and the same
+// content must be the same document (body and ETag) after every rebuild
+// and on every replica.
+func sortedAnchors(cs []contribution) []*x509.Certificate {
+	slices.SortFunc(cs, func(a, b contribution) int {
+		return cmp.Or(strings.Compare(a.member, b.member), bytes.Compare(a.cert.Raw, b.cert.Raw))
+	})
+	out := make([]*x509.Certificate, len(cs))
+	for i, c := range cs {
+		out[i] = c.cert
+	}
+	return out
+}
+
+// byName orders TrustDomains by object name, so that of several for one
+// trust domain every replica serves the same.
+func byName(tds []hubv1.TrustDomain) []*hubv1.TrustDomain {
+	out := make([]*hubv1.TrustDomain, len(tds))
+	for i := range tds {
+		out[i] = &tds[i]
+	}
+	slices.SortFunc(out, func(a, b *hubv1.TrustDomain) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }
 
 // servedChanged: whether an update touches what the documents are made of.

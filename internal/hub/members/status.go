@@ -27,7 +27,10 @@ import (
 // StatusReconciler keeps a MemberCluster's join token and its Joined and
 // Ready conditions.
 type StatusReconciler struct {
-	Client    client.Client
+	Client client.Client
+	// APIReader reads past the cache (mgr.GetAPIReader(), the default):
+	// before a new join token, whether the member has joined after all.
+	APIReader client.Reader
 	Namespace string
 	Clock     clock.PassiveClock
 	Recorder  events.EventRecorder
@@ -49,6 +52,9 @@ type StatusReconciler struct {
 
 // SetupWithManager watches MemberClusters and their join Secrets.
 func (r *StatusReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.APIReader == nil {
+		r.APIReader = mgr.GetAPIReader()
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("membercluster-status").
 		For(&hubv1.MemberCluster{}).
@@ -81,6 +87,12 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 			return ctrl.Result{}, fmt.Errorf("deleting the spent join token: %w", err)
 		}
 	case !joined && !exists:
+		// The join handler sets Joined, then deletes the token: a cache
+		// that has seen the delete but not the join must not hand out a
+		// second token.
+		if ok, err := r.mayCreateToken(ctx, mc.Name); err != nil || !ok {
+			return ctrl.Result{}, err // the MemberCluster's update event brings it back
+		}
 		if err := r.createToken(ctx, &mc, now); err != nil {
 			r.Recorder.Eventf(&mc, nil, corev1.EventTypeWarning, "JoinTokenFailed", "CreateJoinToken", "creating the join token: %v", err)
 			return ctrl.Result{}, err
@@ -148,6 +160,22 @@ func (r *StatusReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		}
 	}
 	return ctrl.Result{RequeueAfter: requeue}, nil
+}
+
+// mayCreateToken reads the member from the apiserver: a token is for a
+// member that exists and has not joined.
+func (r *StatusReconciler) mayCreateToken(ctx context.Context, name string) (bool, error) {
+	if r.APIReader == nil {
+		return true, nil
+	}
+	var live hubv1.MemberCluster
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Name: name}, &live); err != nil {
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("reading MemberCluster %s: %w", name, err)
+	}
+	return live.DeletionTimestamp.IsZero() && !meta.IsStatusConditionTrue(live.Status.Conditions, hubv1.ConditionJoined), nil
 }
 
 func (r *StatusReconciler) createToken(ctx context.Context, mc *hubv1.MemberCluster, now time.Time) error {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -99,5 +100,41 @@ func TestIssuerOutsideTheHub(t *testing.T) {
 	ready := meta.FindStatusCondition(got.Status.Conditions, hubv1.ConditionReady)
 	if ready == nil || ready.Reason != hubv1.ReasonInvalidSpec || !strings.Contains(ready.Message, `"https://hub.example/clusters/east"`) {
 		t.Errorf("Ready = %+v, want InvalidSpec naming the issuer to use", ready)
+	}
+}
+
+// A member whose join the cache has not seen yet, while it has seen the
+// spent token's delete, gets no second token.
+func TestNoSecondJoinTokenFromAStaleCache(t *testing.T) {
+	s := hubScheme(t)
+	stale := &hubv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "east"}, Spec: hubv1.MemberClusterSpec{Issuer: "https://hub.example/clusters/east", TrustDomain: "east.example"}}
+	cached := fake.NewClientBuilder().WithScheme(s).WithStatusSubresource(&hubv1.MemberCluster{}).WithObjects(stale).Build()
+	live := fake.NewClientBuilder().WithScheme(s).WithObjects(joinedMember("east", "east.example")).Build()
+	rec := events.NewFakeRecorder(10)
+	r := &StatusReconciler{Client: cached, APIReader: live, Namespace: "anchorage-hub", Clock: clocktesting.NewFakePassiveClock(time.Now()), Recorder: rec,
+		TokenTTL: time.Hour, ReportLease: time.Minute}
+	if _, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(stale)}); err != nil {
+		t.Fatal(err)
+	}
+	var secrets corev1.SecretList
+	if err := cached.List(context.Background(), &secrets); err != nil {
+		t.Fatal(err)
+	}
+	if len(secrets.Items) != 0 {
+		t.Errorf("a joined member got a new join token: %s", secrets.Items[0].Name)
+	}
+	select {
+	case e := <-rec.Events:
+		t.Errorf("event %q for a member that has joined", e)
+	default:
+	}
+
+	// Not joined for the apiserver either: the token is made.
+	r.APIReader = cached
+	if _, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKeyFromObject(stale)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cached.List(context.Background(), &secrets); err != nil || len(secrets.Items) != 1 {
+		t.Fatalf("%d join tokens, %v; want 1", len(secrets.Items), err)
 	}
 }

@@ -22,12 +22,15 @@
 // # Status
 //
 // A successful fetch writes status.bundle (the bundle as go-spiffe marshals
-// it), status.sequenceNumber, status.refreshHint (seconds, as served) and
+// it), status.bundleTrustDomain (whose bundle it is: the document does not
+// say), status.sequenceNumber, status.refreshHint (seconds, as served) and
 // Ready=True, reason BundleFetched. A failure keeps status.bundle, the last
-// good bundle, untouched, sets Ready=False with reason FetchFailed (the
-// endpoint could not be reached or its answer did not parse) or InvalidBundle
-// (the answer parsed but is empty or holds an authority of another trust
-// domain, or spec.bootstrapBundle does not parse), writes the error to
+// good bundle, untouched (unless it is another trust domain's: it is then
+// dropped), sets Ready=False with reason FetchFailed (no answer: the endpoint
+// could not be reached, timed out, or its body could not be read) or
+// InvalidBundle (an answer that is not a good bundle: it does not parse, is
+// empty or holds an authority of another trust domain; or
+// spec.bootstrapBundle does not parse), writes the error to
 // status.lastFetchError and records a Warning Event. A spec that fails
 // (*TrustDomain).Validate is InvalidSpec and is not polled.
 //

@@ -98,8 +98,15 @@ type Reconciler struct {
 	// Metrics may be nil.
 	Metrics *Metrics
 
-	mu       sync.Mutex
-	failures map[types.UID]int // consecutive failed fetches
+	mu sync.Mutex
+	// failures: consecutive failed fetches per TrustDomain name; keyed by
+	// name so that a delete (whose request has no UID) forgets it.
+	failures map[string]failureCount
+}
+
+type failureCount struct {
+	uid types.UID // a re-created TrustDomain starts again
+	n   int
 }
 
 // SetupWithManager registers the controller with mgr. It reacts to creates,
@@ -138,6 +145,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	var td hubv1alpha1.TrustDomain
 	if err := r.Client.Get(ctx, req.NamespacedName, &td); err != nil {
 		if apierrors.IsNotFound(err) {
+			r.forget(req.Name)
 			return reconcile.Result{}, nil
 		}
 		return reconcile.Result{}, fmt.Errorf("reading TrustDomain %s: %w", req.Name, err)
@@ -145,12 +153,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	log = log.WithValues("trustDomain", td.Spec.TrustDomain, "url", td.Spec.BundleEndpoint.URL)
 	ctx = ctrl.LoggerInto(ctx, log)
 	if !td.DeletionTimestamp.IsZero() {
-		r.forget(td.UID)
+		r.forget(td.Name)
 		return reconcile.Result{}, nil
 	}
 
 	if err := td.Validate(); err != nil {
-		r.forget(td.UID)
+		r.forget(td.Name)
 		err = fmt.Errorf("invalid spec, fix it to resume polling: %w", err)
 		if err := r.writeStatus(ctx, &td, outcome{reason: hubv1alpha1.ReasonInvalidSpec, err: err}); err != nil {
 			return reconcile.Result{}, err
@@ -164,7 +172,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		return reconcile.Result{}, err
 	}
 	if o.err == nil {
-		r.forget(td.UID)
+		r.forget(td.Name)
 		next := r.pollInterval(o.bundle)
 		log.V(1).Info("fetched bundle", "next", next)
 		return reconcile.Result{RequeueAfter: next}, nil
@@ -235,7 +243,7 @@ func transportError(err error) bool {
 // with: the bundle of endpointTD.
 func (r *Reconciler) authBundle(ctx context.Context, td *hubv1alpha1.TrustDomain, trustDomain, endpointTD spiffeid.TrustDomain) (*spiffebundle.Bundle, *outcome) {
 	if endpointTD == trustDomain {
-		if b, err := parseBundle(trustDomain, td.Status.Bundle); err == nil && b != nil {
+		if b, err := parseBundle(trustDomain, td.CurrentBundle()); err == nil && b != nil {
 			return b, nil
 		}
 		if td.Spec.BootstrapBundle == "" {
@@ -258,10 +266,10 @@ func (r *Reconciler) authBundle(ctx context.Context, td *hubv1alpha1.TrustDomain
 	}
 	for i := range list.Items {
 		other := &list.Items[i]
-		if other.Spec.TrustDomain != endpointTD.Name() || other.Status.Bundle == "" {
+		if other.Spec.TrustDomain != endpointTD.Name() || other.CurrentBundle() == "" {
 			continue
 		}
-		if b, err := parseBundle(endpointTD, other.Status.Bundle); err == nil {
+		if b, err := parseBundle(endpointTD, other.CurrentBundle()); err == nil {
 			return b, nil
 		}
 	}
@@ -312,7 +320,7 @@ func (r *Reconciler) writeStatus(ctx context.Context, td *hubv1alpha1.TrustDomai
 	var updated bool
 	if o.err == nil {
 		trustDomain := o.bundle.TrustDomain()
-		old, _ := parseBundle(trustDomain, st.Bundle)
+		old, _ := parseBundle(trustDomain, td.CurrentBundle())
 		if !o.bundle.Equal(old) {
 			body, err := o.bundle.Marshal()
 			if err != nil {
@@ -321,6 +329,7 @@ func (r *Reconciler) writeStatus(ctx context.Context, td *hubv1alpha1.TrustDomai
 			st.Bundle = string(body)
 			updated = true
 		}
+		st.BundleTrustDomain = trustDomain.Name()
 		st.SequenceNumber = 0
 		if seq, ok := o.bundle.SequenceNumber(); ok {
 			st.SequenceNumber = int64(min(seq, math.MaxInt64))
@@ -337,8 +346,12 @@ func (r *Reconciler) writeStatus(ctx context.Context, td *hubv1alpha1.TrustDomai
 		if o.reason != hubv1alpha1.ReasonInvalidSpec {
 			st.LastFetchError = msg
 		}
-		if st.Bundle != "" {
+		if td.CurrentBundle() != "" {
 			msg += "; keeping the last good bundle"
+		} else {
+			// A bundle fetched for another trust domain is no good bundle
+			// of this one: never keep it.
+			st.Bundle, st.BundleTrustDomain, st.SequenceNumber, st.RefreshHint = "", "", 0, 0
 		}
 		cond.Status = metav1.ConditionFalse
 		cond.Message = truncate(msg, 32*1024)
@@ -387,15 +400,20 @@ func (r *Reconciler) pollInterval(b *spiffebundle.Bundle) time.Duration {
 func (r *Reconciler) retryAfter(td *hubv1alpha1.TrustDomain) time.Duration {
 	r.mu.Lock()
 	if r.failures == nil {
-		r.failures = map[types.UID]int{}
+		r.failures = map[string]failureCount{}
 	}
-	r.failures[td.UID]++
-	n := r.failures[td.UID]
+	f := r.failures[td.Name]
+	if f.uid != td.UID {
+		f = failureCount{uid: td.UID}
+	}
+	f.n++
+	r.failures[td.Name] = f
+	n := f.n
 	r.mu.Unlock()
 
 	var last *spiffebundle.Bundle
 	if trustDomain, err := spiffeid.TrustDomainFromString(td.Spec.TrustDomain); err == nil {
-		last, _ = parseBundle(trustDomain, td.Status.Bundle)
+		last, _ = parseBundle(trustDomain, td.CurrentBundle())
 	}
 	ceiling := r.pollInterval(last)
 	d := cmp.Or(r.RetryBase, DefaultRetryBase)
@@ -405,9 +423,9 @@ func (r *Reconciler) retryAfter(td *hubv1alpha1.TrustDomain) time.Duration {
 	return min(d, ceiling)
 }
 
-func (r *Reconciler) forget(uid types.UID) {
+func (r *Reconciler) forget(name string) {
 	r.mu.Lock()
-	delete(r.failures, uid)
+	delete(r.failures, name)
 	r.mu.Unlock()
 }
 

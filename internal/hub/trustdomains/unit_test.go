@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,7 +62,7 @@ func TestRetryBackoff(t *testing.T) {
 			t.Fatalf("backoff = %v, want %v", got, want)
 		}
 	}
-	r.forget(td.UID)
+	r.forget(td.Name)
 	if d := r.retryAfter(td); d != 5*time.Second {
 		t.Fatalf("after a success the backoff restarts at %v, want 5s", d)
 	}
@@ -162,5 +163,77 @@ func TestUnchangedBundleWritesNothing(t *testing.T) {
 	}
 	if c := meta.FindStatusCondition(failed.Status.Conditions, hubv1alpha1.ConditionReady); c.Reason != hubv1alpha1.ReasonFetchFailed {
 		t.Fatalf("Ready reason %q, want FetchFailed", c.Reason)
+	}
+}
+
+// A deleted TrustDomain's failure count is forgotten; a re-created one
+// starts its backoff again.
+func TestFailuresForgottenOnDelete(t *testing.T) {
+	r := &Reconciler{Client: newFake(t)}
+	td := &hubv1alpha1.TrustDomain{ObjectMeta: metav1.ObjectMeta{Name: "gone", UID: "u1"}, Spec: hubv1alpha1.TrustDomainSpec{TrustDomain: "x.example"}}
+	r.retryAfter(td)
+	r.retryAfter(td)
+	if d := r.retryAfter(&hubv1alpha1.TrustDomain{ObjectMeta: metav1.ObjectMeta{Name: "gone", UID: "u2"}, Spec: td.Spec}); d != 5*time.Second {
+		t.Errorf("a re-created TrustDomain backs off %v, want 5s", d)
+	}
+	if _, err := r.Reconcile(context.Background(), reconcile.Request{NamespacedName: types.NamespacedName{Name: "gone"}}); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.failures) != 0 {
+		t.Errorf("failures of a deleted TrustDomain kept: %v", r.failures)
+	}
+}
+
+// A bundle stored for another trust domain (before spec.trustDomain was
+// immutable) is never kept as the last good bundle, and a fetch records
+// whose bundle it stored.
+func TestForeignBundleIsNotKept(t *testing.T) {
+	old := bundleOf("old.example", 7, time.Minute, newCA(t, "old.example"))
+	doc, err := old.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	td := &hubv1alpha1.TrustDomain{
+		ObjectMeta: metav1.ObjectMeta{Name: "td", Generation: 2},
+		Spec: hubv1alpha1.TrustDomainSpec{
+			TrustDomain:    "x.example",
+			BundleEndpoint: hubv1alpha1.BundleEndpoint{URL: "https://x.example/", Profile: hubv1alpha1.ProfileHTTPSWeb},
+		},
+		Status: hubv1alpha1.TrustDomainStatus{Bundle: string(doc), BundleTrustDomain: "old.example", SequenceNumber: 7, RefreshHint: 60},
+	}
+	c := newFake(t, td)
+	good := bundleOf("x.example", 1, time.Minute, newCA(t, "x.example"))
+	fetchErr := error(&url.Error{Op: "Get", URL: "https://x.example/", Err: errors.New("connection refused")})
+	r := &Reconciler{Client: c, Recorder: &recorder{}, Clock: clocktesting.NewFakePassiveClock(time.Unix(1e9, 0)),
+		Fetch: func(context.Context, spiffeid.TrustDomain, string, ...federation.FetchOption) (*spiffebundle.Bundle, error) {
+			if fetchErr != nil {
+				return nil, fetchErr
+			}
+			return good.Clone(), nil
+		}}
+	req := reconcile.Request{NamespacedName: types.NamespacedName{Name: "td"}}
+	if _, err := r.Reconcile(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	var got hubv1alpha1.TrustDomain
+	if err := c.Get(context.Background(), req.NamespacedName, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Status.Bundle != "" || got.Status.BundleTrustDomain != "" || got.Status.SequenceNumber != 0 {
+		t.Errorf("after a failure, old.example's bundle is kept: %+v", got.Status)
+	}
+	if cond := meta.FindStatusCondition(got.Status.Conditions, hubv1alpha1.ConditionReady); cond == nil || strings.Contains(cond.Message, "keeping") {
+		t.Errorf("Ready = %+v; want no claim of a kept bundle", cond)
+	}
+
+	fetchErr = nil
+	if _, err := r.Reconcile(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Get(context.Background(), req.NamespacedName, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Status.BundleTrustDomain != "x.example" || got.CurrentBundle() == "" {
+		t.Errorf("after a fetch: bundleTrustDomain %q, bundle %q", got.Status.BundleTrustDomain, got.Status.Bundle)
 	}
 }

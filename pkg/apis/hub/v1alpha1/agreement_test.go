@@ -125,11 +125,27 @@ var memberUpdateCases = []struct {
 	edit func(m *hubv1.MemberCluster)
 }{
 	{"no change", accept, func(m *hubv1.MemberCluster) {}},
-	{"trust domain changed", accept, func(m *hubv1.MemberCluster) { m.Spec.TrustDomain = "renamed.example.org" }},
+	// The member's CAs are name-constrained to its trust domain: its anchors
+	// must never be served as another's.
+	{"trust domain changed", reject, func(m *hubv1.MemberCluster) { m.Spec.TrustDomain = "renamed.example.org" }},
 	{"federatesWith changed", accept, func(m *hubv1.MemberCluster) { m.Spec.FederatesWith = []string{"*"} }},
 	{"issuer changed", reject, func(m *hubv1.MemberCluster) { m.Spec.Issuer += "/v2" }},
 	{"issuer changed to an invalid one", reject, func(m *hubv1.MemberCluster) { m.Spec.Issuer = "http://x" }},
 	{"agentServiceAccount made invalid", reject, func(m *hubv1.MemberCluster) { m.Spec.AgentServiceAccount = "agent" }},
+}
+
+// trustDomainUpdateCases edit a stored valid TrustDomain.
+var trustDomainUpdateCases = []struct {
+	name string
+	want bool
+	edit func(td *hubv1.TrustDomain)
+}{
+	{"no change", accept, func(td *hubv1.TrustDomain) {}},
+	{"url changed", accept, func(td *hubv1.TrustDomain) { td.Spec.BundleEndpoint.URL = "https://moved.example.org/bundle" }},
+	// status.bundle is the old trust domain's: a rename would serve its CAs
+	// under the new name.
+	{"trust domain changed", reject, func(td *hubv1.TrustDomain) { td.Spec.TrustDomain = "renamed.example.org" }},
+	{"url made invalid", reject, func(td *hubv1.TrustDomain) { td.Spec.BundleEndpoint.URL = "http://x" }},
 }
 
 // trustDomainCases edit a valid TrustDomain (profile https_web).
@@ -251,6 +267,14 @@ func TestValidateCases(t *testing.T) {
 			t.Errorf("TrustDomain %s: Validate() = %v, want accepted=%v", tc.name, err, tc.want)
 		}
 	}
+	for _, tc := range trustDomainUpdateCases {
+		old := validTrustDomain("spire")
+		td := old.DeepCopy()
+		tc.edit(td)
+		if err := td.ValidateUpdate(old); (err == nil) != tc.want {
+			t.Errorf("TrustDomain update %s: ValidateUpdate() = %v, want accepted=%v", tc.name, err, tc.want)
+		}
+	}
 }
 
 // testSchemaAgreement sends every case to the apiserver (dry run) and checks
@@ -288,6 +312,29 @@ func testSchemaAgreement(t *testing.T, c *localcluster.Cluster) {
 			checkVerdict(t, tc.want, goErr, apiErr)
 		})
 	}
+	for i, tc := range trustDomainUpdateCases {
+		t.Run("TrustDomain/update/"+tc.name, func(t *testing.T) {
+			old := validTrustDomain(fmt.Sprintf("update-%d", i))
+			if err := c.Client.Create(ctx, old); err != nil {
+				t.Fatalf("create: %v", err)
+			}
+			td := old.DeepCopy()
+			tc.edit(td)
+			goErr := td.ValidateUpdate(old)
+			apiErr := c.Client.Update(ctx, td.DeepCopy(), client.DryRunAll)
+			checkVerdict(t, tc.want, goErr, apiErr)
+			if tc.name == "trust domain changed" && !strings.Contains(errString(apiErr), "create a new TrustDomain") {
+				t.Errorf("the apiserver's refusal does not say what to do instead: %v", apiErr)
+			}
+		})
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
 
 func checkVerdict(t *testing.T, want bool, goErr, apiErr error) {

@@ -55,12 +55,15 @@ type MemberClusterSpec struct {
 	// trustDomain is the member's SPIFFE trust domain name, e.g.
 	// "east.example.org": lowercase letters, digits, '.', '_' and '-',
 	// starting and ending with a letter or digit, at most 63 characters (so it
-	// can be a label value).
+	// can be a label value). It cannot be changed: the member's CAs are
+	// name-constrained to it and its reported anchors are that trust
+	// domain's; delete and re-create the MemberCluster instead.
 	//
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="trustDomain is immutable: delete and re-create the MemberCluster to change it"
 	TrustDomain string `json:"trustDomain"`
 
 	// agentServiceAccount is the member agent's service account in the member

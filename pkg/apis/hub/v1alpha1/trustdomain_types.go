@@ -47,12 +47,15 @@ type TrustDomain struct {
 type TrustDomainSpec struct {
 	// trustDomain is the SPIFFE trust domain name, e.g. "spire.example.org":
 	// lowercase letters, digits, '.', '_' and '-', starting and ending with a
-	// letter or digit, at most 63 characters.
+	// letter or digit, at most 63 characters. It cannot be changed: the
+	// fetched bundle is that trust domain's; create a new TrustDomain for
+	// another one.
 	//
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="trustDomain is immutable: create a new TrustDomain for another trust domain (and delete this one)"
 	TrustDomain string `json:"trustDomain"`
 
 	// bundleEndpoint is the trust domain's SPIFFE bundle endpoint.
@@ -116,6 +119,14 @@ type TrustDomainStatus struct {
 	// +optional
 	Bundle string `json:"bundle,omitempty"`
 
+	// bundleTrustDomain is the trust domain bundle was fetched for. A bundle
+	// document does not name its trust domain: the hub serves and pushes
+	// bundle only while this is spec.trustDomain.
+	//
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	BundleTrustDomain string `json:"bundleTrustDomain,omitempty"`
+
 	// sequenceNumber is the bundle's spiffe_sequence.
 	//
 	// +optional
@@ -151,4 +162,14 @@ type TrustDomainList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []TrustDomain `json:"items"`
+}
+
+// CurrentBundle returns status.bundle if it was fetched for spec.trustDomain,
+// else "": a bundle of another trust domain (stored before a rename, or
+// without bundleTrustDomain) must never be served or pushed as this one's.
+func (t *TrustDomain) CurrentBundle() string {
+	if t.Status.BundleTrustDomain != t.Spec.TrustDomain {
+		return ""
+	}
+	return t.Status.Bundle
 }

@@ -62,6 +62,7 @@ func fullTrustDomain() *hubv1.TrustDomain {
 		Status: hubv1.TrustDomainStatus{
 			Conditions:         []metav1.Condition{{Type: hubv1.ConditionReady, Status: metav1.ConditionTrue, Reason: hubv1.ReasonBundleFetched, LastTransitionTime: now}},
 			Bundle:             `{"keys":[]}`,
+			BundleTrustDomain:  "spire.example.org",
 			SequenceNumber:     2,
 			RefreshHint:        300,
 			LastFetchTime:      &now,

@@ -196,12 +196,16 @@ func (m *MemberCluster) validate() field.ErrorList {
 }
 
 // ValidateUpdate checks m as Validate does, and that the change from old is
-// allowed: spec.issuer is immutable.
+// allowed: spec.issuer and spec.trustDomain are immutable.
 func (m *MemberCluster) ValidateUpdate(old *MemberCluster) error {
 	errs := m.validate()
 	if m.Spec.Issuer != old.Spec.Issuer {
 		errs = append(errs, field.Invalid(field.NewPath("spec", "issuer"), m.Spec.Issuer,
 			"issuer is immutable: delete and re-create the MemberCluster to change it"))
+	}
+	if m.Spec.TrustDomain != old.Spec.TrustDomain {
+		errs = append(errs, field.Invalid(field.NewPath("spec", "trustDomain"), m.Spec.TrustDomain,
+			"trustDomain is immutable: delete and re-create the MemberCluster to change it"))
 	}
 	return errs.ToAggregate()
 }
@@ -211,6 +215,22 @@ func (m *MemberCluster) ValidateUpdate(old *MemberCluster) error {
 // bad one as condition Ready=False, reason InvalidBundle. It returns nil or an
 // aggregate of *field.Error.
 func (t *TrustDomain) Validate() error {
+	return t.validate().ToAggregate()
+}
+
+// ValidateUpdate checks t as Validate does, and that the change from old is
+// allowed: spec.trustDomain is immutable (status.bundle is that trust
+// domain's).
+func (t *TrustDomain) ValidateUpdate(old *TrustDomain) error {
+	errs := t.validate()
+	if t.Spec.TrustDomain != old.Spec.TrustDomain {
+		errs = append(errs, field.Invalid(field.NewPath("spec", "trustDomain"), t.Spec.TrustDomain,
+			"trustDomain is immutable: create a new TrustDomain for another trust domain (and delete this one)"))
+	}
+	return errs.ToAggregate()
+}
+
+func (t *TrustDomain) validate() field.ErrorList {
 	var errs field.ErrorList
 	spec := field.NewPath("spec")
 	if err := ValidateTrustDomainName(t.Spec.TrustDomain); err != nil {
@@ -247,5 +267,5 @@ func (t *TrustDomain) Validate() error {
 	if n := utf8.RuneCountInString(t.Spec.BootstrapBundle); n > maxBootstrapBundleLen {
 		errs = append(errs, field.TooLong(spec.Child("bootstrapBundle"), "", maxBootstrapBundleLen))
 	}
-	return errs.ToAggregate()
+	return errs
 }
