@@ -2,13 +2,19 @@ package e2e
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/json"
 	"io"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -87,6 +93,17 @@ func TestHubRejectsBadInput(t *testing.T) {
 		return string(b)
 	}
 	leafPEM := issueLeafPEM(t, pool)
+	// east's keys, with another public key under the kid of each.
+	var eastKeys jose.JSONWebKeySet
+	if err := json.Unmarshal([]byte(e.member("east").Status.JWKS), &eastKeys); err != nil {
+		t.Fatal(err)
+	}
+	for i := range eastKeys.Keys {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		eastKeys.Keys[i] = jose.JSONWebKey{Key: &k.PublicKey, KeyID: eastKeys.Keys[i].KeyID, Algorithm: "ES256", Use: "sig"}
+	}
+	swappedJWKS, _ := json.Marshal(eastKeys)
+	maxSeq := strconv.FormatInt(math.MaxInt64, 10)
 
 	snapshot := func() map[string]string {
 		out := map[string]string{}
@@ -123,6 +140,9 @@ func TestHubRejectsBadInput(t *testing.T) {
 		{"garbage PEM", "PUT", "/apis/v1/members/east/report", good, "", report(map[string]string{signers.SPIFFESignerName: "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n"}), 400, "anchors of anchorage.dev/spiffe"},
 		{"unknown signer", "PUT", "/apis/v1/members/east/report", good, "", report(map[string]string{"example.com/signer": caPEM}), 400, "unknown signer"},
 		{"a CA in no rotation state", "PUT", "/apis/v1/members/east/report", good, "", `{"anchors":{},"jwks":` + e.member("east").Status.JWKS + `,"cas":[{"signer":"anchorage.dev/spiffe","subjectKeyID":"0a","state":"bogus"}]}`, 400, "not next, active or retired"},
+		{"JWKS without the key that signed the token", "PUT", "/apis/v1/members/east/report", good, "", `{"anchors":{},"jwks":` + string(hubJWKS) + `}`, 400, "the reported JWKS must keep key"},
+		{"JWKS with another key under the token's kid", "PUT", "/apis/v1/members/east/report", good, "", `{"anchors":{},"jwks":` + string(swappedJWKS) + `}`, 400, "or re-join the member"},
+		{"empty JWKS in a report", "PUT", "/apis/v1/members/east/report", good, "", `{"anchors":{},"jwks":{"keys":[]}}`, 400, "jwks has no keys"},
 		{"missing JWKS", "PUT", "/apis/v1/members/east/report", good, "", `{"anchors":{}}`, 400, "jwks is required"},
 		{"malformed JSON", "PUT", "/apis/v1/members/east/report", good, "", `{"anchors":`, 400, "malformed JSON"},
 		{"unknown field", "PUT", "/apis/v1/members/east/report", good, "", `{"anchors":{},"jwks":{},"admin":true}`, 400, "unknown field"},
@@ -135,11 +155,13 @@ func TestHubRejectsBadInput(t *testing.T) {
 		{"member A's ack on member B's record", "POST", "/apis/v1/members/west/ack", good, "", `{"sequence":1,"bundlesDigest":"` + strings.Repeat("ab", 32) + `"}`, 401, ""},
 		{"ack with a malformed digest", "POST", "/apis/v1/members/east/ack", good, "", `{"sequence":1,"bundlesDigest":"xyz"}`, 400, "bundlesDigest"},
 		{"ack of sequence 0", "POST", "/apis/v1/members/east/ack", good, "", `{"sequence":0,"bundlesDigest":"` + strings.Repeat("ab", 32) + `"}`, 400, "sequence"},
+		{"ack above the published sequence", "POST", "/apis/v1/members/east/ack", good, "", `{"sequence":` + maxSeq + `,"bundlesDigest":"` + strings.Repeat("ab", 32) + `"}`, 409, "the sequence of the bundle set this hub replica publishes"},
 		{"ack with an unknown field", "POST", "/apis/v1/members/east/ack", good, "", `{"sequence":1,"applied":true}`, 400, "unknown field"},
 		{"reused join token", "POST", "/apis/v1/members/east/join", "", "", `{"token":"anything","jwks":` + e.member("east").Status.JWKS + `}`, 409, "already joined"},
 		{"wrong join token", "POST", "/apis/v1/members/pending/join", "", "", `{"token":"wrong-` + pendingToken[:4] + `","jwks":` + string(hubJWKS) + `}`, 401, "wrong join token"},
 		{"expired join token", "POST", "/apis/v1/members/late/join", "", "", `{"token":"` + string(lateSecret.Data[api.TokenKey]) + `","jwks":` + string(hubJWKS) + `}`, 401, "expired"},
 		{"join with a private key as JWKS", "POST", "/apis/v1/members/pending/join", "", "", `{"token":"` + pendingToken + `","jwks":{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"x"}]}}`, 400, "jwks"},
+		{"join with an empty key set", "POST", "/apis/v1/members/pending/join", "", "", `{"token":"` + pendingToken + `","jwks":{"keys":[]}}`, 400, "jwks has no keys"},
 		{"wrong method", "GET", "/apis/v1/members/east/report", good, "", "", 405, "method not allowed"},
 		{"unknown call", "POST", "/apis/v1/members/east/promote", good, "", "{}", 404, "no such agent API call"},
 		{"encoded slash in the cluster", "PUT", "/apis/v1/members/east%2Fwest/report", good, "", report(nil), 404, ""},

@@ -5,9 +5,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,6 +20,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/go-logr/logr/testr"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -186,5 +190,61 @@ func TestHubMarksSilentMemberNotReady(t *testing.T) {
 	}
 	if resp, _ := e.get(e.url + "/clusters/east/.well-known/spiffe-bundle"); resp.StatusCode != http.StatusOK {
 		t.Errorf("a silent member's bundle must stay served, got %d", resp.StatusCode)
+	}
+}
+
+// On HTTP/1.1 a long poll outlasts the server's ReadTimeout, so the hub
+// keeps that timeout for every route: net/http lifts the read deadline
+// once the request is read (connReader.startBackgroundRead), before the
+// handler waits, and the request's context stays alive.
+func TestHubLongPollOutlastsReadTimeout(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const pollTimeout = 2 * time.Second
+	e := startHub(t, ctx, func(o *hubapp.Options) { o.LongPollTimeout, o.ReportLease = pollTimeout, 5*time.Minute })
+	east := e.startMember("east", "east.example")
+	poll(t, 60*time.Second, "east ready", func() bool {
+		return meta.IsStatusConditionTrue(e.member("east").Status.Conditions, hubv1.ConditionReady)
+	})
+	east.stop() // nothing changes east's set from here on
+
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config = hubapp.HTTPServer(e.hub.Router, nil, testr.New(t))
+	srv.Config.ReadTimeout = 300 * time.Millisecond
+	srv.Start()
+	defer srv.Close()
+	http1 := &http.Client{Transport: &http.Transport{ForceAttemptHTTP2: false, TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}}
+	token, err := east.cl.Token(ctx, "anchorage-system", "member-agent", []string{e.url}, 10*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundles := func(after int64) (*http.Response, []byte) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/apis/v1/members/east/bundles?after=%d", srv.URL, after), nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http1.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp, body
+	}
+
+	resp, body := bundles(0)
+	if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 1 {
+		t.Fatalf("first poll: %s %s: %s, want 200 over HTTP/1.1", resp.Proto, resp.Status, body)
+	}
+	var set anchfed.BundleSet
+	if err := json.Unmarshal(body, &set); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	resp, body = bundles(set.Sequence)
+	elapsed := time.Since(start)
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("poll after %d: %s: %s, want 204", set.Sequence, resp.Status, body)
+	}
+	if elapsed < pollTimeout {
+		t.Errorf("the poll answered 204 after %s, before the long-poll timeout %s (the read timeout is %s)", elapsed, pollTimeout, srv.Config.ReadTimeout)
 	}
 }

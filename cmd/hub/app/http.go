@@ -2,8 +2,10 @@ package app
 
 import (
 	"crypto/tls"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"time"
@@ -12,6 +14,8 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/anchorage-dev/anchorage/internal/hub/api"
 )
 
 // HTTPServer is the hub's server for its router, with timeouts against
@@ -23,11 +27,37 @@ func HTTPServer(h http.Handler, tlsCfg *tls.Config, log logr.Logger) *http.Serve
 		ErrorLog: slog.NewLogLogger(logr.ToSlogHandler(log), slog.LevelInfo)}
 }
 
-// Middleware is what every hub request goes through: panic recovery, then
-// metrics and the access log. Exported for the well-known benchmark, which
-// measures the hub's real stack.
+// Middleware is what every hub request goes through: metrics and the
+// access log, then panic recovery (inside, so that a panic is counted and
+// logged as the 500 it answers). Exported for the well-known benchmark,
+// which measures the hub's real stack.
 func Middleware(log logr.Logger, reg prometheus.Registerer) []func(http.Handler) http.Handler {
-	return []func(http.Handler) http.Handler{middleware.Recoverer, accessLog(log, newHTTPMetrics(reg))}
+	return []func(http.Handler) http.Handler{accessLog(log, newHTTPMetrics(reg)), recoverer(log)}
+}
+
+// recoverer answers a panic with the hub's JSON error and logs it with its
+// stack. http.ErrAbortHandler, net/http's way to abort a response, passes.
+func recoverer(log logr.Logger) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			defer func() {
+				rec := recover()
+				if rec == nil {
+					return
+				}
+				if rec == http.ErrAbortHandler {
+					panic(rec)
+				}
+				log.Error(fmt.Errorf("panic: %v", rec), "request handler panicked", "method", r.Method, "path", r.URL.Path, "stack", string(debug.Stack()))
+				if ww, ok := w.(middleware.WrapResponseWriter); ok && ww.Status() != 0 {
+					// The answer has begun: cut it rather than append an error to it.
+					panic(http.ErrAbortHandler)
+				}
+				api.WriteError(w, http.StatusInternalServerError, "internal error in the hub; retry, and report it with the hub's log if it persists")
+			}()
+			next.ServeHTTP(w, r)
+		})
+	}
 }
 
 // accessLog logs agent API calls and failures at info, document reads at

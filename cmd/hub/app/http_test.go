@@ -15,6 +15,9 @@ import (
 	"github.com/go-logr/logr/funcr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/anchorage-dev/anchorage/internal/hub/api"
+	"github.com/anchorage-dev/anchorage/pkg/oidcbundle"
 )
 
 // The request metrics are labelled by route pattern, a bounded method and
@@ -116,4 +119,78 @@ func TestHTTPServerLogsThroughLogger(t *testing.T) {
 			t.Fatalf("no TLS handshake error logged through the logger; logged: %q", all)
 		}
 	}
+}
+
+// Every 404 and 405 of the hub, inside and outside the mounted routes, is
+// a JSON error, and a 405 names the allowed methods.
+func TestRouterErrorsAreJSON(t *testing.T) {
+	store, err := oidcbundle.NewStore(oidcbundle.Options{HubURL: "https://hub.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRouter(logr.Discard(), prometheus.NewRegistry(), store, &api.Handler{}, make(chan struct{}), false)
+	const (
+		hub404   = `{"error":"no such path on the hub: it serves /clusters/<cluster>/..., /trust-domains/<trust domain>/bundle, /apis/v1/members/<cluster>/<call>, /healthz, /readyz and /metrics"}` + "\n"
+		hub405   = `{"error":"method not allowed on this path; the Allow header lists the methods that are"}` + "\n"
+		agent404 = `{"error":"no such agent API call; the calls are POST join, PUT report, GET bundles and POST ack"}` + "\n"
+		agent405 = `{"error":"method not allowed: join is POST, report is PUT, bundles is GET, ack is POST"}` + "\n"
+	)
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		allow, body  string
+	}{
+		{http.MethodGet, "/apis/v1/members/", http.StatusNotFound, "", hub404},
+		{http.MethodGet, "/clusters", http.StatusNotFound, "", hub404},
+		{http.MethodGet, "/nowhere", http.StatusNotFound, "", hub404},
+		{"BREW", "/nowhere", http.StatusNotFound, "", hub404},
+		{http.MethodPost, "/healthz", http.StatusMethodNotAllowed, "GET", hub405},
+		{"BREW", "/healthz", http.StatusMethodNotAllowed, "GET", hub405},
+		{http.MethodDelete, "/readyz", http.StatusMethodNotAllowed, "GET", hub405},
+		{http.MethodGet, "/apis/v1/members/east/report", http.StatusMethodNotAllowed, "PUT", agent405},
+		{http.MethodPut, "/apis/v1/members/east/join", http.StatusMethodNotAllowed, "POST", agent405},
+		{http.MethodPost, "/apis/v1/members/east/promote", http.StatusNotFound, "", agent404},
+	} {
+		w := httptest.NewRecorder()
+		r.ServeHTTP(w, httptest.NewRequest(tc.method, tc.path, nil))
+		if w.Code != tc.status || w.Header().Get("Content-Type") != "application/json" || w.Header().Get("Allow") != tc.allow || w.Body.String() != tc.body {
+			t.Errorf("%s %s: %d, Content-Type %q, Allow %q, body %q; want %d, application/json, Allow %q, body %q",
+				tc.method, tc.path, w.Code, w.Header().Get("Content-Type"), w.Header().Get("Allow"), w.Body.String(), tc.status, tc.allow, tc.body)
+		}
+	}
+}
+
+// A panic answers the hub's JSON 500 and is counted as one; a panic after
+// the answer began aborts the response rather than append to it.
+func TestMiddlewareRecoversPanicsAsJSON(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	r := chi.NewRouter()
+	r.Use(Middleware(logr.Discard(), reg)...)
+	r.Get("/boom", func(http.ResponseWriter, *http.Request) { panic("boom") })
+	r.Get("/late", func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		panic("late")
+	})
+
+	w := httptest.NewRecorder()
+	r.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/boom", nil))
+	const want = `{"error":"internal error in the hub; retry, and report it with the hub's log if it persists"}` + "\n"
+	if w.Code != http.StatusInternalServerError || w.Header().Get("Content-Type") != "application/json" || w.Body.String() != want {
+		t.Errorf("panic: %d, Content-Type %q, body %q; want 500, application/json, %q", w.Code, w.Header().Get("Content-Type"), w.Body.String(), want)
+	}
+	const counted = `
+# HELP anchorage_hub_http_requests_total HTTP requests by route pattern, method and status code.
+# TYPE anchorage_hub_http_requests_total counter
+anchorage_hub_http_requests_total{code="500",method="GET",route="/boom"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(counted), "anchorage_hub_http_requests_total"); err != nil {
+		t.Error(err)
+	}
+
+	defer func() {
+		if rec := recover(); rec != http.ErrAbortHandler {
+			t.Errorf("a panic after the answer began: recovered %v, want http.ErrAbortHandler", rec)
+		}
+	}()
+	r.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/late", nil))
 }

@@ -67,6 +67,9 @@ type Hub struct {
 	// CAFile is the development CA written for clients, when the hub made
 	// its own certificate.
 	CAFile string
+	// Router is the hub's HTTP surface as its server serves it (tests put
+	// it behind servers of their own).
+	Router http.Handler
 	ln     net.Listener
 	server *http.Server
 }
@@ -146,27 +149,11 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) 
 		return nil, err
 	}
 
-	r := chi.NewRouter()
-	r.Use(Middleware(log.WithName("http"), registry)...)
-	store.Routes(r)
-	(&api.Handler{
+	r := newRouter(log.WithName("http"), registry, store, &api.Handler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Store: store, Namespace: opts.Namespace,
 		Clock: clock.RealClock{}, Log: log.WithName("agent-api"), MaxBodyBytes: opts.MaxBodyBytes,
-		Sets: sets, PollTimeout: opts.LongPollTimeout, Writes: make(chan struct{}, opts.MaxConcurrentWrites),
-	}).Routes(r)
-	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
-	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		select {
-		case <-docs.Ready:
-			_, _ = w.Write([]byte("ok"))
-		default:
-			http.Error(w, "documents not built yet", http.StatusServiceUnavailable)
-		}
-	})
-	if opts.Profiling {
-		r.Mount("/debug", middleware.Profiler())
-	}
-	r.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{crmetrics.Registry, registry}, promhttp.HandlerOpts{}))
+		Sets: publishedSets{sets}, PollTimeout: opts.LongPollTimeout, Writes: make(chan struct{}, opts.MaxConcurrentWrites),
+	}, docs.Ready, opts.Profiling)
 
 	tlsCfg, caFile, err := serving(opts, log)
 	if err != nil {
@@ -177,12 +164,46 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) 
 			return nil, fmt.Errorf("listening on %s: %w", opts.ListenAddress, err)
 		}
 	}
-	h := &Hub{Manager: mgr, Store: store, Sets: sets, Registry: registry, CAFile: caFile, ln: ln,
+	h := &Hub{Manager: mgr, Store: store, Sets: sets, Registry: registry, CAFile: caFile, Router: r, ln: ln,
 		server: HTTPServer(r, tlsCfg, log.WithName("http-server"))}
 	if err := mgr.Add(serveRunnable(h, log)); err != nil {
 		return nil, err
 	}
 	return h, nil
+}
+
+// newRouter is the hub's HTTP surface: the documents, the agent API,
+// health and metrics; every 404, 405 and panic answered as a JSON error.
+func newRouter(log logr.Logger, registry *prometheus.Registry, store *oidcbundle.Store, agentAPI *api.Handler, ready <-chan struct{}, profiling bool) chi.Router {
+	r := chi.NewRouter()
+	r.Use(Middleware(log, registry)...)
+	r.NotFound(api.NotFound)
+	r.MethodNotAllowed(api.MethodNotAllowed("method not allowed on this path; the Allow header lists the methods that are"))
+	store.Routes(r)
+	agentAPI.Routes(r)
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		select {
+		case <-ready:
+			_, _ = w.Write([]byte("ok"))
+		default:
+			http.Error(w, "documents not built yet", http.StatusServiceUnavailable)
+		}
+	})
+	if profiling {
+		r.Mount("/debug", middleware.Profiler())
+	}
+	r.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{crmetrics.Registry, registry}, promhttp.HandlerOpts{}))
+	return r
+}
+
+// publishedSets gives the agent API the sequence each member's set is
+// published at.
+type publishedSets struct{ *members.BundleSets }
+
+func (s publishedSets) Published(member string) int64 {
+	e, _ := s.Current(member)
+	return e.Sequence
 }
 
 // Start runs the hub until ctx ends.

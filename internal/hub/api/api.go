@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/go-jose/go-jose/v4"
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -91,7 +93,14 @@ type BundleSets interface {
 	// Next returns member's set (JSON) once its sequence differs from
 	// after, or nil after timeout.
 	Next(ctx context.Context, member string, after int64, timeout time.Duration) []byte
+	// Published is the sequence of member's set as this replica serves
+	// it, 0 before it serves one.
+	Published(member string) int64
 }
+
+// errAlreadyJoined aborts a join whose member joined meanwhile: not a
+// conflict, so that it is never retried into a second write.
+var errAlreadyJoined = errors.New("already joined")
 
 // Routes mounts the agent API on r.
 func (h *Handler) Routes(r chi.Router) {
@@ -101,19 +110,17 @@ func (h *Handler) Routes(r chi.Router) {
 		r.Get("/"+federation.BundlesPath, h.bundles)
 		r.Post("/"+federation.AckPath, h.ack)
 		r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
-			writeError(w, http.StatusNotFound, "no such agent API call; the calls are POST join, PUT report, GET bundles and POST ack")
+			WriteError(w, http.StatusNotFound, "no such agent API call; the calls are POST join, PUT report, GET bundles and POST ack")
 		})
-		r.MethodNotAllowed(func(w http.ResponseWriter, _ *http.Request) {
-			writeError(w, http.StatusMethodNotAllowed, "method not allowed: join is POST, report is PUT, bundles is GET, ack is POST")
-		})
+		r.MethodNotAllowed(MethodNotAllowed("method not allowed: join is POST, report is PUT, bundles is GET, ack is POST"))
 	})
 }
 
 // join: the token must be the one in the cluster's join Secret and not
-// expired; the JWKS must parse. The member's status gets the JWKS and
-// Joined=True, then the Secret is deleted (single use). Once joined, every
-// join is refused with 409; an agent whose answer was lost sees 409 and
-// goes on to report.
+// expired; the JWKS must parse and hold a key. The member's status gets
+// the JWKS and Joined=True, then the Secret is deleted (single use). Once
+// joined, every join is refused with 409; an agent whose answer was lost
+// sees 409 and goes on to report.
 func (h *Handler) join(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	name := chi.URLParam(r, "cluster")
@@ -125,41 +132,55 @@ func (h *Handler) join(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	jwks, err := canonicalJWKS(req.JWKS)
+	_, jwks, err := parseJWKS(req.JWKS)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	alreadyJoined := fmt.Sprintf("cluster %q has already joined; its keys rotate through authenticated reports", name)
 	if meta.IsStatusConditionTrue(mc.Status.Conditions, hubv1.ConditionJoined) {
-		writeError(w, http.StatusConflict, fmt.Sprintf("cluster %q has already joined; its keys rotate through authenticated reports", name))
+		WriteError(w, http.StatusConflict, alreadyJoined)
 		return
 	}
 	var secret corev1.Secret
 	err = h.APIReader.Get(ctx, client.ObjectKey{Namespace: h.Namespace, Name: JoinTokenSecretName(name)}, &secret)
 	if apierrors.IsNotFound(err) {
-		writeError(w, http.StatusUnauthorized, fmt.Sprintf("no join token is waiting for cluster %q: it was used, or the MemberCluster was just created; ask the hub operator for the token in Secret %s/%s", name, h.Namespace, JoinTokenSecretName(name)))
+		WriteError(w, http.StatusUnauthorized, fmt.Sprintf("no join token is waiting for cluster %q: it was used, or the MemberCluster was just created; ask the hub operator for the token in Secret %s/%s", name, h.Namespace, JoinTokenSecretName(name)))
 		return
 	} else if err != nil {
 		h.unavailable(w, "reading the join token", err)
 		return
 	}
 	if subtle.ConstantTimeCompare(secret.Data[TokenKey], []byte(req.Token)) != 1 || req.Token == "" {
-		writeError(w, http.StatusUnauthorized, "wrong join token")
+		WriteError(w, http.StatusUnauthorized, "wrong join token")
 		return
 	}
 	if exp, err := time.Parse(time.RFC3339, secret.Annotations[ExpiresAtAnnotation]); err != nil || !h.Clock.Now().Before(exp) {
-		writeError(w, http.StatusUnauthorized, fmt.Sprintf("the join token of cluster %q expired; delete Secret %s/%s and the hub makes a new one", name, h.Namespace, secret.Name))
+		WriteError(w, http.StatusUnauthorized, fmt.Sprintf("the join token of cluster %q expired; delete Secret %s/%s and the hub makes a new one", name, h.Namespace, secret.Name))
 		return
 	}
-	if err := h.updateStatus(ctx, name, func(st *hubv1.MemberClusterStatus) {
+	// The cache above may be behind, and concurrent joins (on this or
+	// another replica) all see the token: the check on the live object,
+	// written with its resourceVersion, lets exactly one of them record
+	// its JWKS.
+	err = h.updateStatus(ctx, name, func(st *hubv1.MemberClusterStatus) error {
+		if meta.IsStatusConditionTrue(st.Conditions, hubv1.ConditionJoined) {
+			return errAlreadyJoined
+		}
 		st.JWKS = jwks
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: hubv1.ConditionJoined, Status: metav1.ConditionTrue, Reason: hubv1.ReasonJoined, Message: "the agent joined with its join token"})
-	}); err != nil {
+		return nil
+	})
+	if errors.Is(err, errAlreadyJoined) {
+		WriteError(w, http.StatusConflict, alreadyJoined)
+		return
+	} else if err != nil {
 		h.unavailable(w, "recording the join", err)
 		return
 	}
-	// Spend the token. If this fails, Joined=True already refuses it for
-	// any other JWKS; the joins controller deletes it later.
+	// Spend the token. If this fails, Joined=True already refuses every
+	// further join; the member status controller deletes the Secret of a
+	// joined member later.
 	if err := h.Client.Delete(ctx, &secret, client.Preconditions{UID: &secret.UID}); client.IgnoreNotFound(err) != nil {
 		h.Log.Error(err, "deleting a spent join token", "cluster", name)
 	}
@@ -173,26 +194,31 @@ func (h *Handler) report(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	name := chi.URLParam(r, "cluster")
 	var rep federation.Report
-	if _, ok := h.authenticated(w, r, name, &rep); !ok {
+	mc, claims, ok := h.authenticated(w, r, name, &rep)
+	if !ok {
 		return
 	}
 	anchors, err := validateAnchors(rep.Anchors)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	jwks, err := canonicalJWKS(rep.JWKS)
+	set, jwks, err := parseJWKS(rep.JWKS)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		WriteError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := keepsSigningKey(mc.Status.JWKS, set, claims.KeyID); err != nil {
+		WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	cas, err := validateCAs(rep.CAs)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	now := metav1.NewTime(h.Clock.Now())
-	if err := h.updateStatus(ctx, name, func(st *hubv1.MemberClusterStatus) {
+	if err := h.updateStatus(ctx, name, func(st *hubv1.MemberClusterStatus) error {
 		if !slices.Equal(st.Anchors, anchors) {
 			st.Anchors = anchors
 			st.AnchorsSequence++
@@ -203,6 +229,7 @@ func (h *Handler) report(w http.ResponseWriter, r *http.Request) {
 		// Ready is the status controller's: it weighs the report lease and
 		// the applied bundle set together.
 		st.LastReportTime = &now
+		return nil
 	}); err != nil {
 		h.unavailable(w, "recording the report", err)
 		return
@@ -213,35 +240,37 @@ func (h *Handler) report(w http.ResponseWriter, r *http.Request) {
 // authenticated checks the caller is the agent of the joined member name
 // (go-oidc: audience = hub URL, issuer and keys of that member, subject =
 // its agent ServiceAccount), after decoding the body into body when not
-// nil, and returns the member as cached. It answers the error itself.
-func (h *Handler) authenticated(w http.ResponseWriter, r *http.Request, name string, body any) (*hubv1.MemberCluster, bool) {
+// nil, and returns the member as cached and the token's verified claims.
+// It answers the error itself.
+func (h *Handler) authenticated(w http.ResponseWriter, r *http.Request, name string, body any) (*hubv1.MemberCluster, *oidcbundle.AgentClaims, bool) {
 	ctx := r.Context()
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), bearerPrefix)
 	if !ok || token == "" {
-		writeError(w, http.StatusUnauthorized, "missing Authorization: Bearer <service-account token with the hub URL as audience>")
-		return nil, false
+		WriteError(w, http.StatusUnauthorized, "missing Authorization: Bearer <service-account token with the hub URL as audience>")
+		return nil, nil, false
 	}
 	if body != nil && !h.decode(w, r, body) {
-		return nil, false
+		return nil, nil, false
 	}
 	mc, ok := h.member(ctx, w, name)
 	if !ok {
-		return nil, false
+		return nil, nil, false
 	}
 	if !meta.IsStatusConditionTrue(mc.Status.Conditions, hubv1.ConditionJoined) {
-		writeError(w, http.StatusForbidden, fmt.Sprintf("cluster %q has not joined yet: join with its join token first", name))
-		return nil, false
+		WriteError(w, http.StatusForbidden, fmt.Sprintf("cluster %q has not joined yet: join with its join token first", name))
+		return nil, nil, false
 	}
-	if _, err := h.Store.VerifyAgentToken(ctx, name, token); err != nil {
+	claims, err := h.Store.VerifyAgentToken(ctx, name, token)
+	if err != nil {
 		status := http.StatusUnauthorized
 		if errors.Is(err, oidcbundle.ErrUnknownCluster) {
 			// Joined in the API but not yet in this replica's documents.
 			status = http.StatusServiceUnavailable
 		}
-		writeError(w, status, err.Error())
-		return nil, false
+		WriteError(w, status, err.Error())
+		return nil, nil, false
 	}
-	return mc, true
+	return mc, claims, true
 }
 
 // bundles is the long poll: the member's bundle set as soon as its
@@ -253,12 +282,12 @@ func (h *Handler) bundles(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("after"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("after=%q: want the sequence of the set last applied, a number >= 0", v))
+			WriteError(w, http.StatusBadRequest, fmt.Sprintf("after=%q: want the sequence of the set last applied, a number >= 0", v))
 			return
 		}
 		after = n
 	}
-	if _, ok := h.authenticated(w, r, name, nil); !ok {
+	if _, _, ok := h.authenticated(w, r, name, nil); !ok {
 		return
 	}
 	body := h.Sets.Next(r.Context(), name, after, h.PollTimeout)
@@ -280,16 +309,24 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	name := chi.URLParam(r, "cluster")
 	var a federation.Ack
-	mc, ok := h.authenticated(w, r, name, &a)
+	mc, _, ok := h.authenticated(w, r, name, &a)
 	if !ok {
 		return
 	}
 	if a.Sequence <= 0 {
-		writeError(w, http.StatusBadRequest, "sequence must be the positive sequence of the applied bundle set")
+		WriteError(w, http.StatusBadRequest, "sequence must be the positive sequence of the applied bundle set")
+		return
+	}
+	// Nothing above what is published can have been applied; bounding it
+	// also keeps the sequences derived from acks from overflowing. 409, not
+	// 400: a replica whose cache is behind the one that answered the poll
+	// refuses a good ack until it catches up, and the agent retries.
+	if published := h.Sets.Published(name); a.Sequence > published {
+		WriteError(w, http.StatusConflict, fmt.Sprintf("sequence %d is above %d, the sequence of the bundle set this hub replica publishes for cluster %q: ack the sequence of a set the hub sent (a replica behind the others catches up within seconds; retry)", a.Sequence, published, name))
 		return
 	}
 	if raw, err := hex.DecodeString(a.BundlesDigest); err != nil || len(raw) != sha256.Size {
-		writeError(w, http.StatusBadRequest, "bundlesDigest must be the 64 hex digits of federation.BundlesDigest over the applied bundles")
+		WriteError(w, http.StatusBadRequest, "bundlesDigest must be the 64 hex digits of federation.BundlesDigest over the applied bundles")
 		return
 	}
 	st := mc.Status
@@ -318,12 +355,12 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) {
 // member returns the MemberCluster of the path, or answers 404.
 func (h *Handler) member(ctx context.Context, w http.ResponseWriter, name string) (*hubv1.MemberCluster, bool) {
 	if hubv1.ValidateClusterName(name) != nil {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("%q is not a cluster name", name))
+		WriteError(w, http.StatusNotFound, fmt.Sprintf("%q is not a cluster name", name))
 		return nil, false
 	}
 	var mc hubv1.MemberCluster
 	if err := h.Client.Get(ctx, client.ObjectKey{Name: name}, &mc); apierrors.IsNotFound(err) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("cluster %q is not a member of this hub: create its MemberCluster first", name))
+		WriteError(w, http.StatusNotFound, fmt.Sprintf("cluster %q is not a member of this hub: create its MemberCluster first", name))
 		return nil, false
 	} else if err != nil {
 		h.unavailable(w, "reading the MemberCluster", err)
@@ -333,8 +370,9 @@ func (h *Handler) member(ctx context.Context, w http.ResponseWriter, name string
 }
 
 // updateStatus applies change to the member's latest status, retrying
-// conflicts, and writes nothing when nothing changed.
-func (h *Handler) updateStatus(ctx context.Context, name string, change func(*hubv1.MemberClusterStatus)) error {
+// conflicts, and writes nothing when nothing changed. An error from change
+// aborts the update and is returned as it is.
+func (h *Handler) updateStatus(ctx context.Context, name string, change func(*hubv1.MemberClusterStatus) error) error {
 	release, err := h.acquire(ctx)
 	if err != nil {
 		return err
@@ -346,7 +384,9 @@ func (h *Handler) updateStatus(ctx context.Context, name string, change func(*hu
 			return err
 		}
 		before := mc.Status.DeepCopy()
-		change(&mc.Status)
+		if err := change(&mc.Status); err != nil {
+			return err
+		}
 		mc.Status.ObservedGeneration = mc.Generation
 		if equalStatus(before, &mc.Status) {
 			return nil
@@ -364,7 +404,7 @@ func equalStatus(a, b *hubv1.MemberClusterStatus) bool {
 // decode reads a size-limited JSON body with no unknown fields.
 func (h *Handler) decode(w http.ResponseWriter, r *http.Request, into any) bool {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		writeError(w, http.StatusUnsupportedMediaType, "the body must be application/json")
+		WriteError(w, http.StatusUnsupportedMediaType, "the body must be application/json")
 		return false
 	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, h.MaxBodyBytes))
@@ -372,10 +412,10 @@ func (h *Handler) decode(w http.ResponseWriter, r *http.Request, into any) bool 
 	if err := dec.Decode(into); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", h.MaxBodyBytes))
+			WriteError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", h.MaxBodyBytes))
 			return false
 		}
-		writeError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
+		WriteError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
 		return false
 	}
 	return true
@@ -383,23 +423,65 @@ func (h *Handler) decode(w http.ResponseWriter, r *http.Request, into any) bool 
 
 func (h *Handler) unavailable(w http.ResponseWriter, what string, err error) {
 	h.Log.Error(err, what)
-	writeError(w, http.StatusServiceUnavailable, what+" failed on the hub; retry")
+	WriteError(w, http.StatusServiceUnavailable, what+" failed on the hub; retry")
 }
 
-// canonicalJWKS validates a JWKS and returns its canonical form.
-func canonicalJWKS(raw json.RawMessage) (string, error) {
+// parseJWKS validates a member's JWKS and returns it with its canonical
+// form. An empty set is refused: the hub could verify none of the agent's
+// tokens, and the member would be locked out for good.
+func parseJWKS(raw json.RawMessage) (*jose.JSONWebKeySet, string, error) {
 	if len(raw) == 0 {
-		return "", errors.New("jwks is required: the cluster's /openid/v1/jwks")
+		return nil, "", errors.New("jwks is required: the cluster's /openid/v1/jwks")
 	}
 	set, err := oidcbundle.ParseJWKS(raw)
 	if err != nil {
-		return "", fmt.Errorf("jwks: %w", err)
+		return nil, "", fmt.Errorf("jwks: %w", err)
+	}
+	if len(set.Keys) == 0 {
+		return nil, "", errors.New("jwks has no keys: send the cluster's /openid/v1/jwks; with an empty set the hub could verify none of the agent's tokens")
 	}
 	out, err := json.Marshal(set)
 	if err != nil {
-		return "", err
+		return nil, "", err
 	}
-	return string(out), nil
+	return set, string(out), nil
+}
+
+// keepsSigningKey checks that a reported JWKS still holds the key, as
+// stored, that verified the request's token (kid; every stored key for a
+// token without kid): keys then change only through a key the hub has
+// seen sign, and the agent cannot lock itself out.
+func keepsSigningKey(stored string, reported *jose.JSONWebKeySet, kid string) error {
+	current, err := oidcbundle.ParseJWKS([]byte(stored))
+	if err != nil {
+		return fmt.Errorf("the member's stored JWKS does not parse: %w", err)
+	}
+	keep := current.Keys
+	if kid != "" {
+		keep = current.Key(kid)
+	}
+	if kid != "" && len(keep) == 0 {
+		return missingKeyError(kid)
+	}
+	for _, k := range keep {
+		if !slices.ContainsFunc(reported.Key(k.KeyID), func(r jose.JSONWebKey) bool { return sameKey(k, r) }) {
+			return missingKeyError(k.KeyID)
+		}
+	}
+	return nil
+}
+
+func missingKeyError(kid string) error {
+	return fmt.Errorf("the reported JWKS must keep key %q that signed the token: rotate the service-account keys with an overlap (keep the old public key in --service-account-key-file until the hub has the new JWKS), or re-join the member (re-create its MemberCluster)", kid)
+}
+
+func sameKey(a, b jose.JSONWebKey) bool {
+	ta, err := a.Thumbprint(crypto.SHA256)
+	if err != nil {
+		return false
+	}
+	tb, err := b.Thumbprint(crypto.SHA256)
+	return err == nil && bytes.Equal(ta, tb)
 }
 
 // validateAnchors checks every signer's PEM is CA certificates only, and
@@ -465,6 +547,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = enc.Encode(v)
 }
 
-func writeError(w http.ResponseWriter, status int, msg string) {
+// WriteError answers {"error": msg} with status: the hub's error format.
+func WriteError(w http.ResponseWriter, status int, msg string) {
 	writeJSON(w, status, federation.Error{Error: msg})
 }
