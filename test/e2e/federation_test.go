@@ -95,6 +95,17 @@ func TestFederationPushAndRemoval(t *testing.T) {
 		return e.member("east").Status.AppliedBundleSequence > 0 && e.member("west").Status.AppliedBundleSequence > 0
 	})
 
+	// Someone deletes a federated bundle: the agent restores it from the
+	// hub's last answer, without a new one.
+	seq := e.member("east").Status.AppliedBundleSequence
+	if err := east.cl.Client.Delete(ctx, &ctb); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 20*time.Second, "east's deleted td-west restored", func() bool { return holds(east.hubBundles(t)[tdWest], westSPIFFE...) })
+	if now := e.member("east").Status.AppliedBundleSequence; now != seq {
+		t.Errorf("east's applied sequence moved from %d to %d: the repair needed a new answer", seq, now)
+	}
+
 	// east stops federating with west.example: only its td-west goes.
 	mc := e.member("east")
 	if err := e.hubCl.Client.Patch(ctx, mc, client.RawPatch(types.MergePatchType, []byte(`{"spec":{"federatesWith":null}}`))); err != nil {

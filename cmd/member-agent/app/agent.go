@@ -83,6 +83,10 @@ type deps struct {
 // hub's default --long-poll-timeout of 60 s.
 const hubPollTimeout = 90 * time.Second
 
+// bundleResync is how often the leader re-applies the hub's last answer
+// without being told a bundle changed (events repair at once).
+const bundleResync = 5 * time.Minute
+
 // WithHubToken replaces reading --hub-token-file (the sandbox and tests
 // mint tokens with the TokenRequest API).
 func WithHubToken(f func(context.Context) (string, error)) Option {
@@ -199,7 +203,7 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, options ...Option
 			return nil, err
 		}
 		follower = &hubclient.Follower{
-			Hub: hub, Client: mgr.GetClient(), PollTimeout: hubPollTimeout, MaxBackoff: 30 * time.Second,
+			Hub: hub, Client: mgr.GetClient(), Informers: mgr.GetCache(), PollTimeout: hubPollTimeout, Resync: bundleResync, MaxBackoff: 30 * time.Second,
 			Log: log.WithName("bundles"), Metrics: hubclient.NewFollowerMetrics(registry),
 			Changes: make(chan event.GenericEvent, 1),
 		}

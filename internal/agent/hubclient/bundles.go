@@ -10,8 +10,11 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	certsv1 "k8s.io/api/certificates/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
@@ -24,14 +27,26 @@ import (
 // ClusterTrustBundles it answers, then acks. Fail-static: when the hub is
 // unreachable or answers garbage, every bundle stays as it is and the
 // follower retries with backoff and jitter; only a bundle missing from a
-// good answer is deleted.
+// good answer (and not in its Keep) is deleted. Between answers it repairs:
+// when a hub-sourced bundle is edited or deleted, and every Resync, it
+// re-applies the last good answer without calling the hub.
 type Follower struct {
 	Hub *federation.Client
 	// Client reads ClusterTrustBundles from the cache and writes them.
 	Client client.Client
-	// PollTimeout bounds one long poll on the client side; above the hub's
-	// --long-poll-timeout (60 s).
+	// Informers is the cache behind Client: its ClusterTrustBundle
+	// informer tells the follower when a bundle of the hub's is touched.
+	Informers cache.Informers
+	// PollTimeout bounds one long poll on the client side; slightly above
+	// the hub's --long-poll-timeout (60 s).
 	PollTimeout time.Duration
+	// AckTimeout bounds one ack (the hub client has no overall timeout);
+	// zero means callTimeout.
+	AckTimeout time.Duration
+	// Resync is how often the last good answer is re-applied even when no
+	// event said a bundle changed (a missed watch event, say); zero: only
+	// on events.
+	Resync time.Duration
 	// MaxBackoff caps the wait between failed calls.
 	MaxBackoff time.Duration
 	Log        logr.Logger
@@ -44,6 +59,10 @@ type Follower struct {
 	membership atomic.Pointer[bool]
 	mu         sync.Mutex
 	last       *federation.BundleSet
+	// applyMu serialises applies, so that a repair never writes an answer
+	// older than the one just applied; want is the last good answer.
+	applyMu sync.Mutex
+	want    *trustbundles.Set
 }
 
 // NeedLeaderElection: the leader alone writes bundles.
@@ -51,9 +70,24 @@ func (f *Follower) NeedLeaderElection() bool { return true }
 
 // Start follows the hub until ctx ends.
 func (f *Follower) Start(ctx context.Context) error {
-	f.applier = &trustbundles.Applier{Client: f.Client, Owns: func(ctb *certsv1.ClusterTrustBundle) bool {
-		return ctb.Labels[federation.LabelSource] == federation.SourceHub
-	}}
+	f.applier = &trustbundles.Applier{Client: f.Client, Owns: fromHub}
+	touched := make(chan struct{}, 1)
+	inf, err := f.Informers.GetInformer(ctx, &certsv1.ClusterTrustBundle{})
+	if err != nil {
+		return fmt.Errorf("watching ClusterTrustBundles: %w", err)
+	}
+	reg, err := inf.AddEventHandler(hubBundleTouched(touched))
+	if err != nil {
+		return fmt.Errorf("watching ClusterTrustBundles: %w", err)
+	}
+	defer func() { _ = inf.RemoveEventHandler(reg) }()
+	repairs := make(chan struct{})
+	go func() {
+		defer close(repairs)
+		f.repairLoop(ctx, touched)
+	}()
+	defer func() { <-repairs }()
+
 	backoff := f.backoff()
 	var after int64
 	for ctx.Err() == nil {
@@ -66,9 +100,7 @@ func (f *Follower) Start(ctx context.Context) error {
 			break
 		}
 		d := backoff.Step()
-		if f.Metrics != nil {
-			f.Metrics.Failures.Inc()
-		}
+		f.failed()
 		f.Log.Error(err, "following the hub's bundles failed; every bundle is kept and signing goes on, retrying", "in", d.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
@@ -76,6 +108,90 @@ func (f *Follower) Start(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// fromHub: the follower owns the bundles labelled as the hub's.
+func fromHub(ctb *certsv1.ClusterTrustBundle) bool {
+	return ctb.Labels[federation.LabelSource] == federation.SourceHub
+}
+
+// hubBundleTouched signals touched when a bundle that is or was the hub's
+// is created, changed or deleted; one pending signal is enough.
+func hubBundleTouched(touched chan<- struct{}) toolscache.ResourceEventHandler {
+	signal := func(objs ...any) {
+		for _, o := range objs {
+			if d, ok := o.(toolscache.DeletedFinalStateUnknown); ok {
+				o = d.Obj
+			}
+			if ctb, ok := o.(*certsv1.ClusterTrustBundle); ok && fromHub(ctb) {
+				select {
+				case touched <- struct{}{}:
+				default:
+				}
+				return
+			}
+		}
+	}
+	return toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { signal(o) },
+		UpdateFunc: func(old, o any) { signal(old, o) }, // old: the hub's label removed
+		DeleteFunc: func(o any) { signal(o) },
+	}
+}
+
+// repairLoop re-applies the last good answer when a hub bundle is touched
+// and every Resync, until ctx ends. A failure waits for the next event or
+// tick (the long poll goes on meanwhile).
+func (f *Follower) repairLoop(ctx context.Context, touched <-chan struct{}) {
+	var tick <-chan time.Time // zero Resync: events only
+	if f.Resync > 0 {
+		t := time.NewTicker(f.Resync)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-touched:
+		case <-tick:
+		}
+		if err := f.repair(ctx); err != nil && ctx.Err() == nil {
+			f.failed()
+			f.Log.Error(err, "repairing the hub's bundles failed; retrying at the next change or resync", "in", f.Resync)
+		}
+	}
+}
+
+// repair re-applies the last good answer, writing only what differs.
+func (f *Follower) repair(ctx context.Context) error {
+	f.applyMu.Lock()
+	defer f.applyMu.Unlock()
+	if f.want == nil {
+		return nil // no answer yet: keep everything as it is
+	}
+	res, err := f.applier.Apply(ctx, signers.SignerNames(), *f.want)
+	if res.Applied+res.Deleted > 0 {
+		f.Log.Info("repaired the hub's bundles", "applied", res.Applied, "deleted", res.Deleted)
+	}
+	if err != nil {
+		return fmt.Errorf("re-applying the hub's last bundle set: %w", err)
+	}
+	return nil
+}
+
+// apply makes want the answer to hold and applies it.
+func (f *Follower) apply(ctx context.Context, want trustbundles.Set) (trustbundles.Result, error) {
+	f.applyMu.Lock()
+	defer f.applyMu.Unlock()
+	f.want = &want
+	return f.applier.Apply(ctx, signers.SignerNames(), want)
+}
+
+func (f *Follower) failed() {
+	if f.Metrics != nil {
+		f.Metrics.Failures.Inc()
+	}
 }
 
 func (f *Follower) backoff() wait.Backoff {
@@ -94,20 +210,29 @@ func (f *Follower) once(ctx context.Context, after *int64) error {
 		return nil // nothing new within the hub's poll time
 	}
 	start := time.Now()
-	desired, err := Desired(set)
+	want, err := Desired(set)
 	if err != nil {
 		return fmt.Errorf("refusing the hub's bundle set %d, keeping the current bundles: %w", set.Sequence, err)
 	}
-	res, err := f.applier.Apply(ctx, signers.SignerNames(), desired)
+	res, err := f.apply(ctx, want)
+	if res.Applied+res.Deleted > 0 {
+		f.Log.Info("applied the hub's bundle set", "sequence", set.Sequence, "applied", res.Applied, "deleted", res.Deleted)
+	}
 	if err != nil {
+		// Not acked: the next poll from the same sequence returns the
+		// same set at once, and what failed is retried.
 		return fmt.Errorf("applying the hub's bundle set %d: %w", set.Sequence, err)
 	}
 	member := set.ClusterSet
 	f.membership.Store(&member)
-	if res.Applied+res.Deleted > 0 {
-		f.Log.Info("applied the hub's bundle set", "sequence", set.Sequence, "applied", res.Applied, "deleted", res.Deleted)
+	ackTimeout := f.AckTimeout
+	if ackTimeout == 0 {
+		ackTimeout = callTimeout
 	}
-	if err := f.Hub.Ack(ctx, federation.Ack{Sequence: set.Sequence, BundlesDigest: federation.BundlesDigest(set.Bundles)}); err != nil {
+	ackCtx, cancel := context.WithTimeout(ctx, ackTimeout)
+	err = f.Hub.Ack(ackCtx, federation.Ack{Sequence: set.Sequence, BundlesDigest: federation.BundlesDigest(set.Bundles)})
+	cancel()
+	if err != nil {
 		// Applied but not acked: the next poll from the same sequence
 		// returns the same set at once, and the ack is retried.
 		return fmt.Errorf("acking bundle set %d: %w", set.Sequence, err)
@@ -164,39 +289,67 @@ func (f *Follower) InClusterset() bool {
 	return f.Client.Get(context.Background(), client.ObjectKey{Name: federation.ClustersetBundleName()}, &ctb) == nil
 }
 
-// Desired checks a hub answer and turns it into the bundles to apply. A
-// bundle must be one the hub may push (a federated SPIFFE trust domain or
-// the clusterset bundle, with the hub's source label) and hold CA
-// certificates only; anything else refuses the whole set, which keeps
+// Desired checks a hub answer and turns it into the bundles to apply and
+// the names to keep. A bundle must be one the hub may push (a federated
+// SPIFFE trust domain or the clusterset bundle, with the hub's source
+// label), hold CA certificates only and fit the ClusterTrustBundle limit;
+// a kept name must be a federated SPIFFE trust domain's, listed once and
+// not also a bundle. Anything else refuses the whole set, which keeps
 // every current bundle.
-func Desired(set *federation.BundleSet) ([]trustbundles.Bundle, error) {
-	out := make([]trustbundles.Bundle, 0, len(set.Bundles))
+func Desired(set *federation.BundleSet) (trustbundles.Set, error) {
+	out := trustbundles.Set{Bundles: make([]trustbundles.Bundle, 0, len(set.Bundles))}
 	seen := map[string]bool{}
 	for _, b := range set.Bundles {
 		var ok bool
 		switch b.SignerName {
 		case signers.SPIFFESignerName:
-			ok = strings.HasPrefix(b.Name, strings.TrimSuffix(federation.TrustDomainBundleName("x"), "x")) &&
-				b.Name == federation.TrustDomainBundleName(b.Labels[federation.LabelPeerTrustDomain])
+			ok = trustDomainBundle(b.Name) && b.Name == federation.TrustDomainBundleName(b.Labels[federation.LabelPeerTrustDomain])
 		case signers.ServiceDNSSignerName:
 			ok = b.Name == federation.ClustersetBundleName()
 		}
 		if !ok || b.Labels[federation.LabelSource] != federation.SourceHub || seen[b.Name] {
-			return nil, fmt.Errorf("bundle %q of signer %q is not one the hub may push", b.Name, b.SignerName)
+			return trustbundles.Set{}, fmt.Errorf("bundle %q of signer %q is not one the hub may push", b.Name, b.SignerName)
 		}
 		seen[b.Name] = true
 		certs, err := signers.ParseCertificatesPEM([]byte(b.TrustBundle))
 		if err != nil {
-			return nil, fmt.Errorf("bundle %s: %w", b.Name, err)
+			return trustbundles.Set{}, fmt.Errorf("bundle %s: %w", b.Name, err)
 		}
 		for _, c := range certs {
 			if !c.IsCA || !c.BasicConstraintsValid {
-				return nil, fmt.Errorf("bundle %s: %q is not a CA certificate", b.Name, c.Subject)
+				return trustbundles.Set{}, fmt.Errorf("bundle %s: %q is not a CA certificate", b.Name, c.Subject)
 			}
 		}
-		out = append(out, trustbundles.Bundle{Name: b.Name, Signer: b.SignerName, Labels: b.Labels, Anchors: certs})
+		// What is written is the canonical PEM of the certificates.
+		if n := len(signers.EncodeCertificatesPEM(certs)); n > trustbundles.MaxBundleBytes {
+			return trustbundles.Set{}, fmt.Errorf("bundle %s holds %d bytes of PEM, over the ClusterTrustBundle limit of %d: the apiserver would never accept it (the hub must send fewer anchors)", b.Name, n, trustbundles.MaxBundleBytes)
+		}
+		out.Bundles = append(out.Bundles, trustbundles.Bundle{Name: b.Name, Signer: b.SignerName, Labels: b.Labels, Anchors: certs})
+	}
+	for _, name := range set.Keep {
+		if !trustDomainBundle(name) {
+			return trustbundles.Set{}, fmt.Errorf("kept bundle %q is not a federated trust domain's bundle the hub may push", name)
+		}
+		if seen[name] {
+			return trustbundles.Set{}, fmt.Errorf("bundle %q is both kept and listed before in the same answer", name)
+		}
+		seen[name] = true
+		out.Keep = append(out.Keep, name)
 	}
 	return out, nil
+}
+
+// trustDomainBundle reports whether name is the federated SPIFFE bundle
+// name of some trust domain (federation.TrustDomainBundleName).
+func trustDomainBundle(name string) bool {
+	prefix := strings.TrimSuffix(federation.TrustDomainBundleName("x"), "x")
+	td, ok := strings.CutPrefix(name, prefix)
+	if !ok {
+		return false
+	}
+	// A sanitized name holds no "_", so it is its own trust domain name.
+	_, err := spiffeid.TrustDomainFromString(td)
+	return err == nil && federation.TrustDomainBundleName(td) == name
 }
 
 // FollowerMetrics describe the agent's side of the push.

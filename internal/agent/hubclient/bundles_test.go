@@ -1,11 +1,14 @@
 package hubclient
 
 import (
+	"crypto/x509"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/anchorage-dev/anchorage/internal/agent/trustbundles"
 	"github.com/anchorage-dev/anchorage/pkg/federation"
 	"github.com/anchorage-dev/anchorage/pkg/signers"
 	"github.com/anchorage-dev/anchorage/pkg/workload/workloadtest"
@@ -26,9 +29,10 @@ func TestDesiredRefusesBadAnswers(t *testing.T) {
 	clusterset := federation.Bundle{Name: federation.ClustersetBundleName(), SignerName: signers.ServiceDNSSignerName, TrustBundle: caPEM,
 		Labels: map[string]string{federation.LabelSource: federation.SourceHub}}
 
-	got, err := Desired(&federation.BundleSet{Sequence: 3, Bundles: []federation.Bundle{good, clusterset}})
-	if err != nil || len(got) != 2 || len(got[0].Anchors) != 1 {
-		t.Fatalf("a good answer: %v, %d bundles", err, len(got))
+	kept := federation.TrustDomainBundleName("spire_partner.example")
+	got, err := Desired(&federation.BundleSet{Sequence: 3, Bundles: []federation.Bundle{good, clusterset}, Keep: []string{kept}})
+	if err != nil || len(got.Bundles) != 2 || len(got.Bundles[0].Anchors) != 1 || !slices.Equal(got.Keep, []string{kept}) {
+		t.Fatalf("a good answer: %v, %d bundles, keep %v", err, len(got.Bundles), got.Keep)
 	}
 
 	noSource := good
@@ -55,5 +59,41 @@ func TestDesiredRefusesBadAnswers(t *testing.T) {
 	}
 	if _, err := Desired(&federation.BundleSet{Bundles: []federation.Bundle{good, good}}); err == nil {
 		t.Error("the same bundle twice accepted")
+	}
+
+	// A bundle the apiserver can never take (over 1 MiB of PEM).
+	var many []*x509.Certificate
+	for size := 0; size <= trustbundles.MaxBundleBytes; {
+		ca := workloadtest.NewSPIFFECA(t, spiffeid.RequireTrustDomainFromString("west.example"), "west").Pool.CAs[0].Anchor()
+		many = append(many, ca)
+		size += len(signers.EncodeCertificatesPEM([]*x509.Certificate{ca}))
+	}
+	huge := peer(good.Name, "west.example", string(signers.EncodeCertificatesPEM(many)))
+	if _, err := Desired(&federation.BundleSet{Bundles: []federation.Bundle{huge}}); err == nil || !strings.Contains(err.Error(), "over the ClusterTrustBundle limit") {
+		t.Errorf("a bundle over 1 MiB: error %v", err)
+	}
+
+	// Keep names only federated trust-domain bundles, each once, none also
+	// sent as a bundle.
+	for _, tc := range []struct {
+		name string
+		keep []string
+		want string
+	}{
+		{"our local bundle", []string{federation.LocalBundleName(signers.SPIFFESignerName)}, "not a federated trust domain's"},
+		{"the clusterset bundle", []string{federation.ClustersetBundleName()}, "not a federated trust domain's"},
+		{"another signer's name", []string{"example.com:signer:td-west.example"}, "not a federated trust domain's"},
+		{"no trust domain", []string{federation.TrustDomainBundleName("")}, "not a federated trust domain's"},
+		{"not a trust domain", []string{federation.TrustDomainBundleName("x") + "/../y"}, "not a federated trust domain's"},
+		{"upper case", []string{federation.TrustDomainBundleName("West.example")}, "not a federated trust domain's"},
+		{"twice", []string{kept, kept}, "both kept and listed before"},
+		{"also a bundle", []string{good.Name}, "both kept and listed before"},
+	} {
+		t.Run("keep "+tc.name, func(t *testing.T) {
+			_, err := Desired(&federation.BundleSet{Sequence: 4, Bundles: []federation.Bundle{clusterset, good}, Keep: tc.keep})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one saying %q", err, tc.want)
+			}
+		})
 	}
 }

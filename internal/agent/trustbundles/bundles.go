@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -28,6 +29,9 @@ const (
 	ScopeCluster             = federation.ScopeCluster
 	SourceHub                = federation.SourceHub
 	FieldManager             = "anchorage-member-agent"
+	// MaxBundleBytes is the apiserver's limit on a ClusterTrustBundle's
+	// PEM (DESIGN.md): a bigger bundle can never be applied.
+	MaxBundleBytes = 1 << 20
 )
 
 // LocalName is the bundle of this cluster's own anchors of signer.
@@ -63,6 +67,15 @@ func LocalServiceDNS(anchors []*x509.Certificate) Bundle {
 	}
 }
 
+// Set is what one owner wants among the bundles it owns.
+type Set struct {
+	Bundles []Bundle
+	// Keep names owned bundles to leave as they are, neither written nor
+	// deleted (the hub still wants the trust domain but has no bundle of
+	// it to vouch for).
+	Keep []string
+}
+
 // Applier converges the bundles of one owner (the local publisher, or the
 // federation from the hub) without touching the other's.
 type Applier struct {
@@ -75,14 +88,16 @@ type Applier struct {
 // Result counts what Apply did.
 type Result struct{ Applied, Deleted int }
 
-// Apply makes the cluster hold exactly desired among the bundles it owns
-// for signerNames: it applies what differs and deletes owned bundles that
-// are no longer desired. A bundle that is already right is not written.
-func (a *Applier) Apply(ctx context.Context, signerNames []string, desired []Bundle) (Result, error) {
+// Apply makes the cluster hold exactly want.Bundles among the bundles it
+// owns for signerNames: it applies what differs and deletes owned bundles
+// that are neither desired nor kept. A bundle that is already right is not
+// written. One failed write does not stop the others (a rejected bundle
+// must not hold back the rest): the failures are returned joined.
+func (a *Applier) Apply(ctx context.Context, signerNames []string, want Set) (Result, error) {
 	var res Result
-	want := map[string]Bundle{}
-	for _, b := range desired {
-		want[b.Name] = b
+	todo := map[string]Bundle{}
+	for _, b := range want.Bundles {
+		todo[b.Name] = b
 	}
 	// Bundles are few: list them all rather than needing a signerName
 	// index in every cache this runs against.
@@ -90,37 +105,41 @@ func (a *Applier) Apply(ctx context.Context, signerNames []string, desired []Bun
 	if err := a.Client.List(ctx, &list); err != nil {
 		return res, fmt.Errorf("listing ClusterTrustBundles: %w", err)
 	}
+	var errs []error
 	for i := range list.Items {
 		have := &list.Items[i]
-		if !slices.Contains(signerNames, have.Spec.SignerName) {
+		if !slices.Contains(signerNames, have.Spec.SignerName) || slices.Contains(want.Keep, have.Name) {
 			continue
 		}
-		if b, ok := want[have.Name]; ok {
+		if b, ok := todo[have.Name]; ok {
 			if upToDate(have, b) {
-				delete(want, have.Name)
+				delete(todo, have.Name)
 			}
 			continue
 		}
-		if a.Owns(have) {
-			if err := a.Client.Delete(ctx, have); client.IgnoreNotFound(err) != nil {
-				return res, fmt.Errorf("deleting stale ClusterTrustBundle %s: %w", have.Name, err)
-			}
-			res.Deleted++
+		if !a.Owns(have) {
+			continue
 		}
+		if err := a.Client.Delete(ctx, have); client.IgnoreNotFound(err) != nil {
+			errs = append(errs, fmt.Errorf("deleting stale ClusterTrustBundle %s: %w", have.Name, err))
+			continue
+		}
+		res.Deleted++
 	}
-	for _, b := range desired {
-		if _, todo := want[b.Name]; !todo {
+	for _, b := range want.Bundles {
+		if _, ok := todo[b.Name]; !ok || slices.Contains(want.Keep, b.Name) {
 			continue
 		}
 		ac := certsv1ac.ClusterTrustBundle(b.Name).
 			WithLabels(b.Labels).
 			WithSpec(certsv1ac.ClusterTrustBundleSpec().WithSignerName(b.Signer).WithTrustBundle(string(signers.EncodeCertificatesPEM(b.Anchors))))
 		if err := a.Client.Apply(ctx, ac, client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
-			return res, fmt.Errorf("applying ClusterTrustBundle %s: %w", b.Name, err)
+			errs = append(errs, fmt.Errorf("applying ClusterTrustBundle %s: %w", b.Name, err))
+			continue
 		}
 		res.Applied++
 	}
-	return res, nil
+	return res, errors.Join(errs...)
 }
 
 func upToDate(have *certsv1.ClusterTrustBundle, b Bundle) bool {

@@ -3,6 +3,7 @@ package trustbundles
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	certsv1 "k8s.io/api/certificates/v1"
@@ -42,9 +43,7 @@ type Local struct {
 // SetupWithManager re-publishes when a pool changes (poolChanges) or
 // someone else edits one of our bundles.
 func (l *Local) SetupWithManager(mgr ctrl.Manager, poolChanges <-chan event.GenericEvent) error {
-	l.applier = &Applier{Client: l.Client, Owns: func(ctb *certsv1.ClusterTrustBundle) bool {
-		return ctb.Labels[LabelSource] != SourceHub
-	}}
+	l.applier = &Applier{Client: l.Client, Owns: ownedByLocal}
 	// One key for everything: each reconcile converges both bundles.
 	always := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: "local-trust-bundles"}}}
@@ -54,6 +53,13 @@ func (l *Local) SetupWithManager(mgr ctrl.Manager, poolChanges <-chan event.Gene
 		WatchesRawSource(source.Channel(poolChanges, always)).
 		Watches(&certsv1.ClusterTrustBundle{}, always).
 		Complete(l)
+}
+
+// ownedByLocal: the local publisher owns its own names only. Anything
+// else of our signers (a federated bundle whose hub label someone removed,
+// an operator's own bundle) is not its to delete.
+func ownedByLocal(ctb *certsv1.ClusterTrustBundle) bool {
+	return slices.ContainsFunc(signers.SignerNames(), func(s string) bool { return ctb.Name == LocalName(s) })
 }
 
 // Reconcile converges both local bundles.
@@ -82,7 +88,7 @@ func (l *Local) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.R
 			}
 		}
 	}
-	res, err := l.applier.Apply(ctx, signers.SignerNames(), desired)
+	res, err := l.applier.Apply(ctx, signers.SignerNames(), Set{Bundles: desired})
 	if err != nil {
 		if l.EventObject != nil {
 			l.Recorder.Eventf(l.EventObject, nil, corev1.EventTypeWarning, "TrustBundlePublishFailed", "Publish", "%v", err)
