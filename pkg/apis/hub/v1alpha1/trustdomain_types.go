@@ -121,7 +121,8 @@ type TrustDomainStatus struct {
 
 	// bundleTrustDomain is the trust domain bundle was fetched for. A bundle
 	// document does not name its trust domain: the hub serves and pushes
-	// bundle only while this is spec.trustDomain.
+	// bundle only while this is spec.trustDomain (or empty: written by an
+	// older hub).
 	//
 	// +optional
 	// +kubebuilder:validation:MaxLength=63
@@ -165,10 +166,12 @@ type TrustDomainList struct {
 }
 
 // CurrentBundle returns status.bundle if it was fetched for spec.trustDomain,
-// else "": a bundle of another trust domain (stored before a rename, or
-// without bundleTrustDomain) must never be served or pushed as this one's.
+// else "": a bundle of another trust domain must never be served or pushed
+// as this one's. A bundle stored without bundleTrustDomain (by a hub older
+// than the field) counts as this one's: spec.trustDomain cannot change,
+// and dropping it on upgrade would make members delete a working bundle.
 func (t *TrustDomain) CurrentBundle() string {
-	if t.Status.BundleTrustDomain != t.Spec.TrustDomain {
+	if t.Status.BundleTrustDomain != "" && t.Status.BundleTrustDomain != t.Spec.TrustDomain {
 		return ""
 	}
 	return t.Status.Bundle

@@ -236,3 +236,24 @@ func TestValidateErrorsNameFields(t *testing.T) {
 		t.Errorf("ValidateUpdate() error = %#v, want a *field.Error on spec.issuer", agg.Errors()[0])
 	}
 }
+
+// A stored bundle is this trust domain's when it was fetched for it, or
+// when it predates bundleTrustDomain (an upgrade must not drop it); never
+// when it was fetched for another.
+func TestCurrentBundle(t *testing.T) {
+	for _, tc := range []struct {
+		name, fetchedFor, want string
+	}{
+		{"fetched for this trust domain", "spire.example", "doc"},
+		{"stored by an older hub", "", "doc"},
+		{"fetched for another trust domain", "old.example", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			td := hubv1.TrustDomain{Spec: hubv1.TrustDomainSpec{TrustDomain: "spire.example"},
+				Status: hubv1.TrustDomainStatus{Bundle: "doc", BundleTrustDomain: tc.fetchedFor}}
+			if got := td.CurrentBundle(); got != tc.want {
+				t.Errorf("CurrentBundle() = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
