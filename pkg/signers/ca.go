@@ -171,8 +171,12 @@ func constrain(tmpl *x509.Certificate, p CAProfile) error {
 		if len(p.DNSDomains) == 0 {
 			return errors.New("the service-dns CA needs at least one permitted DNS domain")
 		}
+		// No URI constraint: rustls-webpki (from 0.103.12, RUSTSEC-2026-0098)
+		// rejects every chain holding one, which would break Rust clients
+		// (a Linkerd proxy, say) of Service names. A URI a service-dns CA
+		// signed is no SPIFFE ID anywhere: SPIFFE verifiers trust only the
+		// SPIFFE bundles, which never hold this CA.
 		tmpl.PermittedDNSDomains = p.DNSDomains
-		tmpl.PermittedURIDomains, tmpl.ExcludedURIDomains = []string{noURIHost}, []string{noURIHost}
 	default:
 		return fmt.Errorf("unknown signer %q", p.Signer)
 	}
@@ -183,18 +187,11 @@ func constrain(tmpl *x509.Certificate, p CAProfile) error {
 	return nil
 }
 
-// Constraints that shut out a whole name type. An excluded zero-length
-// dNSName and 0.0.0.0/0 with ::/0 are how the CA/Browser Forum Baseline
-// Requirements exclude every DNS name and IP address; Go's verifier and
-// OpenSSL's (nc_dns: "empty matches everything") read them so. URIs have
-// no such form: Go matches every host against an empty URI constraint, but
-// OpenSSL compares URI hosts exactly, so the service-dns CA permits one
-// host and excludes that same host, which leaves no URI in either.
-// "invalid" is a reserved name (RFC 6761) no trust domain should use.
-const (
-	allDNSNames = ""
-	noURIHost   = "invalid"
-)
+// allDNSNames excludes every DNS name: an excluded zero-length dNSName (with
+// 0.0.0.0/0 and ::/0 for IP addresses) is how the CA/Browser Forum Baseline
+// Requirements shut out a name type, and Go's verifier and OpenSSL's
+// (nc_dns: "empty matches everything") read it so.
+const allDNSNames = ""
 
 func allIPs() []*net.IPNet {
 	return []*net.IPNet{
