@@ -76,20 +76,14 @@ func (c *CA) leavesExpired(now time.Time) bool {
 	return c.State == StateRetired && !c.RetiredAt.IsZero() && !now.Before(c.RetiredAt.Add(MaxLeafLifetime))
 }
 
-// Validate checks the pool is usable for signing: exactly one active CA
-// and at most one next (promoting two would make two active).
+// Validate checks the pool is usable for signing: exactly one active CA.
+// A pool with several next CAs (written by hand) still loads and signs;
+// Promoted refuses it.
 func (p *Pool) Validate() error {
-	next := 0
 	for i, ca := range p.CAs {
 		if err := ca.validate(); err != nil {
 			return fmt.Errorf("CA %d of the %s pool: %w", i, p.Signer, err)
 		}
-		if ca.State == StateNext {
-			next++
-		}
-	}
-	if next > 1 {
-		return fmt.Errorf("the %s CA pool has %d next CAs: a pool holds at most one, remove the others from the pool Secret", p.Signer, next)
 	}
 	_, err := p.Active()
 	return err
@@ -146,6 +140,16 @@ func (p *Pool) WithNext(ca *CA, now time.Time) (*Pool, error) {
 func (p *Pool) Promoted(now time.Time) (*Pool, error) {
 	if p.Next() == nil {
 		return nil, fmt.Errorf("the %s pool has no next CA to promote", p.Signer)
+	}
+	next := 0
+	for _, ca := range p.CAs {
+		if ca.State == StateNext {
+			next++
+		}
+	}
+	if next > 1 {
+		// Promoting them all would leave several active CAs.
+		return nil, fmt.Errorf("the %s pool has %d next CAs: remove all but one from the pool Secret (member-agent ca abort removes them all) before promoting", p.Signer, next)
 	}
 	out := p.clone()
 	for i, ca := range out.CAs {
