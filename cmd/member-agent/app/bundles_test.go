@@ -33,20 +33,25 @@ func TestLocalTrustBundles(t *testing.T) {
 		t.Error("SPIFFE bundle differs from the pool's anchors")
 	}
 
-	// Someone else's bundle for our signer, and a federated one from the
-	// hub.
+	// Someone else's bundle for our signer, a federated one from the hub,
+	// and a federated one whose hub label someone removed.
 	anchorPEM := spiffe.Spec.TrustBundle
-	other := &certsv1.ClusterTrustBundle{ObjectMeta: metav1.ObjectMeta{Name: "anchorage.dev:spiffe:old"},
+	other := &certsv1.ClusterTrustBundle{ObjectMeta: metav1.ObjectMeta{Name: "anchorage.dev:spiffe:partner"},
 		Spec: certsv1.ClusterTrustBundleSpec{SignerName: signers.SPIFFESignerName, TrustBundle: anchorPEM}}
 	fromHub := &certsv1.ClusterTrustBundle{ObjectMeta: metav1.ObjectMeta{Name: "anchorage.dev:spiffe:td-west.example", Labels: map[string]string{trustbundles.LabelSource: trustbundles.SourceHub}},
 		Spec: certsv1.ClusterTrustBundleSpec{SignerName: signers.SPIFFESignerName, TrustBundle: anchorPEM}}
-	for _, o := range []client.Object{other, fromHub} {
+	unlabelled := &certsv1.ClusterTrustBundle{ObjectMeta: metav1.ObjectMeta{Name: "anchorage.dev:spiffe:td-north.example"},
+		Spec: certsv1.ClusterTrustBundleSpec{SignerName: signers.SPIFFESignerName, TrustBundle: anchorPEM}}
+	others := []client.Object{other, fromHub, unlabelled}
+	for _, o := range others {
 		if err := e.c.Create(e.ctx, o); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// The two creations re-run the publisher; a label edit of our own
-	// bundle after them shows it has seen both (one work queue, one key).
+	// The creations re-run the publisher; a label edit of our own bundle
+	// after them shows it has seen them all (one work queue, one key), and
+	// since a reconcile deletes before it applies, any wrong delete has
+	// landed once the label is back.
 	edited := e.localBundle(signers.ServiceDNSSignerName)
 	delete(edited.Labels, trustbundles.LabelServiceDNSScope)
 	if err := e.c.Update(e.ctx, edited); err != nil {
@@ -55,7 +60,7 @@ func TestLocalTrustBundles(t *testing.T) {
 	eventually(t, 20*time.Second, "label restored", func() (bool, error) {
 		return e.localBundle(signers.ServiceDNSSignerName).Labels[trustbundles.LabelServiceDNSScope] == trustbundles.ScopeCluster, nil
 	})
-	for _, o := range []client.Object{other, fromHub} {
+	for _, o := range others {
 		var got certsv1.ClusterTrustBundle
 		if err := e.c.Get(e.ctx, client.ObjectKeyFromObject(o), &got); err != nil || got.ResourceVersion != o.GetResourceVersion() {
 			t.Errorf("%s was touched by the local publisher: %v", o.GetName(), err)

@@ -63,6 +63,7 @@ type Follower struct {
 	// older than the one just applied; want is the last good answer.
 	applyMu sync.Mutex
 	want    *trustbundles.Set
+	repairs atomic.Int64
 }
 
 // NeedLeaderElection: the leader alone writes bundles.
@@ -110,13 +111,15 @@ func (f *Follower) Start(ctx context.Context) error {
 	return nil
 }
 
-// fromHub: the follower owns the bundles labelled as the hub's.
+// fromHub: the follower owns the bundles named as the hub's (DESIGN.md's
+// table), by name rather than by label, so that a bundle whose label was
+// removed is still restored, or deleted once the hub drops it.
 func fromHub(ctb *certsv1.ClusterTrustBundle) bool {
-	return ctb.Labels[federation.LabelSource] == federation.SourceHub
+	return trustDomainBundle(ctb.Name) || ctb.Name == federation.ClustersetBundleName()
 }
 
-// hubBundleTouched signals touched when a bundle that is or was the hub's
-// is created, changed or deleted; one pending signal is enough.
+// hubBundleTouched signals touched when a bundle of the hub's is created,
+// changed or deleted; one pending signal is enough.
 func hubBundleTouched(touched chan<- struct{}) toolscache.ResourceEventHandler {
 	signal := func(objs ...any) {
 		for _, o := range objs {
@@ -134,7 +137,7 @@ func hubBundleTouched(touched chan<- struct{}) toolscache.ResourceEventHandler {
 	}
 	return toolscache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { signal(o) },
-		UpdateFunc: func(old, o any) { signal(old, o) }, // old: the hub's label removed
+		UpdateFunc: func(_, o any) { signal(o) },
 		DeleteFunc: func(o any) { signal(o) },
 	}
 }
@@ -160,8 +163,12 @@ func (f *Follower) repairLoop(ctx context.Context, touched <-chan struct{}) {
 			f.failed()
 			f.Log.Error(err, "repairing the hub's bundles failed; retrying at the next change or resync", "in", f.Resync)
 		}
+		f.repairs.Add(1)
 	}
 }
+
+// Repairs counts the repair passes run, whether they wrote or not.
+func (f *Follower) Repairs() int64 { return f.repairs.Load() }
 
 // repair re-applies the last good answer, writing only what differs.
 func (f *Follower) repair(ctx context.Context) error {
@@ -210,7 +217,7 @@ func (f *Follower) once(ctx context.Context, after *int64) error {
 		return nil // nothing new within the hub's poll time
 	}
 	start := time.Now()
-	want, err := Desired(set)
+	want, tooBig, err := Desired(set)
 	if err != nil {
 		return fmt.Errorf("refusing the hub's bundle set %d, keeping the current bundles: %w", set.Sequence, err)
 	}
@@ -222,6 +229,11 @@ func (f *Follower) once(ctx context.Context, after *int64) error {
 		// Not acked: the next poll from the same sequence returns the
 		// same set at once, and what failed is retried.
 		return fmt.Errorf("applying the hub's bundle set %d: %w", set.Sequence, err)
+	}
+	if len(tooBig) > 0 {
+		// Never acked: the hub shows the member BundleSetPending, and
+		// peers' promotions wait, until the hub sends what fits.
+		return fmt.Errorf("bundle set %d applied but for %s, over the ClusterTrustBundle limit of %d bytes, which the apiserver would never accept: kept as the cluster holds them, set not acked", set.Sequence, strings.Join(tooBig, ", "), trustbundles.MaxBundleBytes)
 	}
 	member := set.ClusterSet
 	f.membership.Store(&member)
@@ -292,11 +304,13 @@ func (f *Follower) InClusterset() bool {
 // Desired checks a hub answer and turns it into the bundles to apply and
 // the names to keep. A bundle must be one the hub may push (a federated
 // SPIFFE trust domain or the clusterset bundle, with the hub's source
-// label), hold CA certificates only and fit the ClusterTrustBundle limit;
-// a kept name must be a federated SPIFFE trust domain's, listed once and
-// not also a bundle. Anything else refuses the whole set, which keeps
-// every current bundle.
-func Desired(set *federation.BundleSet) (trustbundles.Set, error) {
+// label) and hold CA certificates only; a kept name must be a federated
+// SPIFFE trust domain's, listed once and not also a bundle. Anything else
+// refuses the whole set, which keeps every current bundle. A good bundle
+// over the ClusterTrustBundle limit can never be written: it is kept as
+// the cluster holds it and named in tooBig, so that the rest of the set
+// still applies.
+func Desired(set *federation.BundleSet) (want trustbundles.Set, tooBig []string, err error) {
 	out := trustbundles.Set{Bundles: make([]trustbundles.Bundle, 0, len(set.Bundles))}
 	seen := map[string]bool{}
 	for _, b := range set.Bundles {
@@ -308,35 +322,37 @@ func Desired(set *federation.BundleSet) (trustbundles.Set, error) {
 			ok = b.Name == federation.ClustersetBundleName()
 		}
 		if !ok || b.Labels[federation.LabelSource] != federation.SourceHub || seen[b.Name] {
-			return trustbundles.Set{}, fmt.Errorf("bundle %q of signer %q is not one the hub may push", b.Name, b.SignerName)
+			return trustbundles.Set{}, nil, fmt.Errorf("bundle %q of signer %q is not one the hub may push", b.Name, b.SignerName)
 		}
 		seen[b.Name] = true
 		certs, err := signers.ParseCertificatesPEM([]byte(b.TrustBundle))
 		if err != nil {
-			return trustbundles.Set{}, fmt.Errorf("bundle %s: %w", b.Name, err)
+			return trustbundles.Set{}, nil, fmt.Errorf("bundle %s: %w", b.Name, err)
 		}
 		for _, c := range certs {
 			if !c.IsCA || !c.BasicConstraintsValid {
-				return trustbundles.Set{}, fmt.Errorf("bundle %s: %q is not a CA certificate", b.Name, c.Subject)
+				return trustbundles.Set{}, nil, fmt.Errorf("bundle %s: %q is not a CA certificate", b.Name, c.Subject)
 			}
 		}
 		// What is written is the canonical PEM of the certificates.
-		if n := len(signers.EncodeCertificatesPEM(certs)); n > trustbundles.MaxBundleBytes {
-			return trustbundles.Set{}, fmt.Errorf("bundle %s holds %d bytes of PEM, over the ClusterTrustBundle limit of %d: the apiserver would never accept it (the hub must send fewer anchors)", b.Name, n, trustbundles.MaxBundleBytes)
+		if len(signers.EncodeCertificatesPEM(certs)) > trustbundles.MaxBundleBytes {
+			tooBig = append(tooBig, b.Name)
+			out.Keep = append(out.Keep, b.Name)
+			continue
 		}
 		out.Bundles = append(out.Bundles, trustbundles.Bundle{Name: b.Name, Signer: b.SignerName, Labels: b.Labels, Anchors: certs})
 	}
 	for _, name := range set.Keep {
 		if !trustDomainBundle(name) {
-			return trustbundles.Set{}, fmt.Errorf("kept bundle %q is not a federated trust domain's bundle the hub may push", name)
+			return trustbundles.Set{}, nil, fmt.Errorf("kept bundle %q is not a federated trust domain's bundle the hub may push", name)
 		}
 		if seen[name] {
-			return trustbundles.Set{}, fmt.Errorf("bundle %q is both kept and listed before in the same answer", name)
+			return trustbundles.Set{}, nil, fmt.Errorf("bundle %q is both kept and listed before in the same answer", name)
 		}
 		seen[name] = true
 		out.Keep = append(out.Keep, name)
 	}
-	return out, nil
+	return out, tooBig, nil
 }
 
 // trustDomainBundle reports whether name is the federated SPIFFE bundle

@@ -30,7 +30,7 @@ func TestDesiredRefusesBadAnswers(t *testing.T) {
 		Labels: map[string]string{federation.LabelSource: federation.SourceHub}}
 
 	kept := federation.TrustDomainBundleName("spire_partner.example")
-	got, err := Desired(&federation.BundleSet{Sequence: 3, Bundles: []federation.Bundle{good, clusterset}, Keep: []string{kept}})
+	got, _, err := Desired(&federation.BundleSet{Sequence: 3, Bundles: []federation.Bundle{good, clusterset}, Keep: []string{kept}})
 	if err != nil || len(got.Bundles) != 2 || len(got.Bundles[0].Anchors) != 1 || !slices.Equal(got.Keep, []string{kept}) {
 		t.Fatalf("a good answer: %v, %d bundles, keep %v", err, len(got.Bundles), got.Keep)
 	}
@@ -51,13 +51,13 @@ func TestDesiredRefusesBadAnswers(t *testing.T) {
 		{"empty", peer(good.Name, "west.example", ""), "no certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Desired(&federation.BundleSet{Sequence: 4, Bundles: []federation.Bundle{clusterset, tc.bundle}})
+			_, _, err := Desired(&federation.BundleSet{Sequence: 4, Bundles: []federation.Bundle{clusterset, tc.bundle}})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %v, want one saying %q", err, tc.want)
 			}
 		})
 	}
-	if _, err := Desired(&federation.BundleSet{Bundles: []federation.Bundle{good, good}}); err == nil {
+	if _, _, err := Desired(&federation.BundleSet{Bundles: []federation.Bundle{good, good}}); err == nil {
 		t.Error("the same bundle twice accepted")
 	}
 
@@ -69,8 +69,11 @@ func TestDesiredRefusesBadAnswers(t *testing.T) {
 		size += len(signers.EncodeCertificatesPEM([]*x509.Certificate{ca}))
 	}
 	huge := peer(good.Name, "west.example", string(signers.EncodeCertificatesPEM(many)))
-	if _, err := Desired(&federation.BundleSet{Bundles: []federation.Bundle{huge}}); err == nil || !strings.Contains(err.Error(), "over the ClusterTrustBundle limit") {
-		t.Errorf("a bundle over 1 MiB: error %v", err)
+	// It is kept as the cluster holds it, and the rest still applies.
+	want, tooBig, err := Desired(&federation.BundleSet{Bundles: []federation.Bundle{clusterset, huge}})
+	if err != nil || !slices.Equal(tooBig, []string{huge.Name}) || !slices.Equal(want.Keep, []string{huge.Name}) ||
+		len(want.Bundles) != 1 || want.Bundles[0].Name != clusterset.Name {
+		t.Errorf("a bundle over 1 MiB: too big %v, keep %v, %d bundles, error %v", tooBig, want.Keep, len(want.Bundles), err)
 	}
 
 	// Keep names only federated trust-domain bundles, each once, none also
@@ -90,7 +93,7 @@ func TestDesiredRefusesBadAnswers(t *testing.T) {
 		{"also a bundle", []string{good.Name}, "both kept and listed before"},
 	} {
 		t.Run("keep "+tc.name, func(t *testing.T) {
-			_, err := Desired(&federation.BundleSet{Sequence: 4, Bundles: []federation.Bundle{clusterset, good}, Keep: tc.keep})
+			_, _, err := Desired(&federation.BundleSet{Sequence: 4, Bundles: []federation.Bundle{clusterset, good}, Keep: tc.keep})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %v, want one saying %q", err, tc.want)
 			}

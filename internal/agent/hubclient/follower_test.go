@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/anchorage-dev/anchorage/internal/agent/hubclient"
+	"github.com/anchorage-dev/anchorage/internal/agent/trustbundles"
 	"github.com/anchorage-dev/anchorage/internal/localcluster"
 	"github.com/anchorage-dev/anchorage/pkg/federation"
 	"github.com/anchorage-dev/anchorage/pkg/signers"
@@ -137,6 +138,31 @@ type runningFollower struct {
 	*hubclient.Follower
 	hub    *fakeHub
 	writes *writeCounter
+	cache  cache.Cache
+}
+
+// cacheCaughtUp waits until the follower's cache holds every bundle at its
+// live resourceVersion: from then on a repair sees what the apiserver has.
+func (f *runningFollower) cacheCaughtUp(t *testing.T, e *followerEnv) {
+	t.Helper()
+	waitFor(t, "the follower's cache caught up", func() bool {
+		var list certsv1.ClusterTrustBundleList
+		if err := f.cache.List(context.Background(), &list); err != nil {
+			t.Fatal(err)
+		}
+		cached := map[string]string{}
+		for _, b := range list.Items {
+			cached[b.Name] = b.ResourceVersion
+		}
+		return maps.Equal(cached, e.versions(t))
+	})
+}
+
+// moreRepairs waits until n more repair passes have run.
+func (f *runningFollower) moreRepairs(t *testing.T, n int64) {
+	t.Helper()
+	from := f.Repairs()
+	waitFor(t, "more repair passes", func() bool { return f.Repairs() >= from+n })
 }
 
 // start runs a follower of a new fake hub until the subtest ends, then
@@ -187,7 +213,7 @@ func (e *followerEnv) start(t *testing.T) *runningFollower {
 		}
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	return &runningFollower{Follower: f, hub: hub, writes: writes}
+	return &runningFollower{Follower: f, hub: hub, writes: writes, cache: informers}
 }
 
 // bundle reads a ClusterTrustBundle live; nil when there is none.
@@ -269,7 +295,8 @@ func TestFollowerAppliesAndRepairs(t *testing.T) {
 		if err := e.cl.Client.Update(context.Background(), edited); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Second) // several resyncs
+		f.cacheCaughtUp(t, e)
+		f.moreRepairs(t, 3) // the edit's event, then resyncs
 		if now := e.bundle(t, north.Name); now == nil || now.ResourceVersion != edited.ResourceVersion {
 			t.Fatal("a kept bundle was written by a repair")
 		}
@@ -287,9 +314,9 @@ func TestFollowerAppliesAndRepairs(t *testing.T) {
 		f.hub.publish(federation.BundleSet{Bundles: []federation.Bundle{north, west}})
 		waitFor(t, "applied and acked", func() bool { return e.holds(t, west) && e.holds(t, north) && len(f.hub.acked()) == 1 })
 		f.hub.down.Store(true)
-		time.Sleep(300 * time.Millisecond) // the cache catches up with the first apply
+		f.cacheCaughtUp(t, e)
 		before, writes := e.versions(t), f.writes.writes.Load()
-		time.Sleep(time.Second) // several resyncs
+		f.moreRepairs(t, 3)
 		if after := e.versions(t); !maps.Equal(before, after) || f.writes.writes.Load() != writes {
 			t.Fatalf("resyncs of an unchanged state wrote %d times: %v -> %v", f.writes.writes.Load()-writes, before, after)
 		}
@@ -330,6 +357,27 @@ func TestFollowerAppliesAndRepairs(t *testing.T) {
 		}
 		f.hub.stall.Store(false)
 		waitFor(t, "acked once the hub answers", func() bool { return f.Last() != nil && len(f.hub.acked()) == 1 })
+	})
+
+	// A bundle too big for the apiserver is kept as the cluster holds it,
+	// the rest of the set is applied, and the set is not acked.
+	t.Run("bundle over the limit", func(t *testing.T) {
+		f := e.start(t)
+		f.hub.publish(federation.BundleSet{Bundles: []federation.Bundle{north}})
+		waitFor(t, "north applied and acked", func() bool { return e.holds(t, north) && len(f.hub.acked()) == 1 })
+		huge := north
+		var pem strings.Builder
+		for pem.Len() <= trustbundles.MaxBundleBytes {
+			pem.WriteString(peerBundle(t, "north.example").TrustBundle)
+		}
+		huge.TrustBundle = pem.String()
+		f.hub.publish(federation.BundleSet{Bundles: []federation.Bundle{huge, west}})
+		waitFor(t, "west applied", func() bool { return e.holds(t, west) })
+		polls := f.hub.polls.Load()
+		waitFor(t, "three more tries", func() bool { return f.hub.polls.Load() >= polls+3 })
+		if !e.holds(t, north) || len(f.hub.acked()) != 1 {
+			t.Errorf("north as before: %v; acks %v (want the first only)", e.holds(t, north), f.hub.acked())
+		}
 	})
 
 	// A bundle the apiserver rejects does not hold back the others, and the
