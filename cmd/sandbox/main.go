@@ -13,5 +13,5 @@ import (
 func main() {
 	opts := app.NewOptions()
 	cmdutil.Main("sandbox", opts, func(ctx context.Context) error { return app.Run(ctx, opts, os.Stdout) },
-		cmdutil.LogTo(opts.LogFile))
+		cmdutil.LogTo(opts.LogFile), cmdutil.Interruptible(app.Interrupt(os.Stdout)))
 }

@@ -2,10 +2,14 @@ package cmdutil
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
 
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/rest"
@@ -24,8 +28,17 @@ type Options interface {
 type Option func(*mainOptions)
 
 type mainOptions struct {
-	logTo func() (io.Writer, error)
-	args  []string
+	logTo     func() (io.Writer, error)
+	args      []string
+	interrupt *Interrupt
+}
+
+// Interrupt is what a command prints while it stops after SIGINT/SIGTERM.
+type Interrupt struct {
+	Out io.Writer
+	// Stopping is printed at the first signal, StillStopping at each later
+	// one, Stopped once run has returned.
+	Stopping, StillStopping, Stopped string
 }
 
 // Args parses args instead of the process's arguments (a subcommand's).
@@ -37,6 +50,18 @@ func Args(args []string) Option {
 // the flags are parsed), for commands whose terminal output is for people.
 func LogTo(f func() (io.Writer, error)) Option {
 	return func(m *mainOptions) { m.logTo = f }
+}
+
+// Interruptible replaces the default signal handling (a second signal
+// exits at once) for commands that own child processes: the first
+// SIGINT/SIGTERM prints i.Stopping and cancels run's context, later ones
+// print i.StillStopping and nothing more, so run's deferred stops always
+// complete (processes started in their own process group never see the
+// terminal's Ctrl-C: an exit would leave them running). A run that then
+// ends with the context's cancellation is reported as interrupted (exit
+// status 130), not as a failure.
+func Interruptible(i Interrupt) Option {
+	return func(m *mainOptions) { m.interrupt = &i }
 }
 
 // Main parses the flags of opts plus the logging flags, sets the logger, and
@@ -67,10 +92,69 @@ func Main(name string, opts Options, run func(ctx context.Context) error, option
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 
-	ctx := ctrl.LoggerInto(ctrl.SetupSignalHandler(), ctrl.Log.WithName(name))
-	if err := run(ctx); err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
-		os.Exit(1)
+	if mo.interrupt == nil {
+		ctx := ctrl.LoggerInto(ctrl.SetupSignalHandler(), ctrl.Log.WithName(name))
+		if err := run(ctx); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+			os.Exit(1)
+		}
+		return
+	}
+	os.Exit(runInterruptible(name, *mo.interrupt, run))
+}
+
+func runInterruptible(name string, i Interrupt, run func(ctx context.Context) error) int {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	var signaled atomic.Bool
+	go relaySignals(sigs, done, func() {
+		signaled.Store(true)
+		fmt.Fprintln(i.Out, i.Stopping)
+		cancel()
+	}, func() { fmt.Fprintln(i.Out, i.StillStopping) })
+	err := run(ctrl.LoggerInto(ctx, ctrl.Log.WithName(name)))
+	close(done)
+	if signaled.Load() {
+		fmt.Fprintln(i.Out, i.Stopped)
+	}
+	msg, code := outcome(err, signaled.Load())
+	if msg != "" {
+		fmt.Fprintf(os.Stderr, "%s: %s\n", name, msg)
+	}
+	return code
+}
+
+// relaySignals calls first at the first signal of sigs and more at every
+// later one, until done closes. It never exits the process.
+func relaySignals(sigs <-chan os.Signal, done <-chan struct{}, first, more func()) {
+	for n := 0; ; n++ {
+		select {
+		case <-done:
+			return
+		case <-sigs:
+			if n == 0 {
+				first()
+			} else {
+				more()
+			}
+		}
+	}
+}
+
+// outcome is what an interruptible run's end prints and its exit status:
+// a cancellation after a signal is an interruption, not a failure.
+func outcome(err error, signaled bool) (string, int) {
+	switch {
+	case err == nil:
+		return "", 0
+	case signaled && errors.Is(err, context.Canceled):
+		return "interrupted", 130
+	default:
+		return err.Error(), 1
 	}
 }
 

@@ -201,9 +201,9 @@ func (d *demo) openSources(ctx context.Context) error {
 		return err
 	}
 	if d.clientSrc, err = d.newSource(ctx, demoClientPod, workload.Options{
-		CredentialBundleFile: filepath.Join(clientDir, workload.CredentialBundleFileName),
-		TrustBundleFiles:     map[spiffeid.TrustDomain]string{d.serverTD: filepath.Join(clientDir, workload.TrustBundleFileName(d.serverTD))},
-		DNSTrustBundleFiles:  []string{filepath.Join(clientDir, clustersetFile)},
+		CredentialBundleFile:          filepath.Join(clientDir, workload.CredentialBundleFileName),
+		TrustBundleFiles:              map[spiffeid.TrustDomain]string{d.serverTD: filepath.Join(clientDir, workload.TrustBundleFileName(d.serverTD))},
+		ClustersetDNSTrustBundleFiles: []string{filepath.Join(clientDir, clustersetFile)},
 	}); err != nil {
 		return err
 	}

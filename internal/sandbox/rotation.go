@@ -102,20 +102,16 @@ func rotateUnderTraffic(ctx context.Context, p Progress, server, clientMember *M
 	if _, err := long.say("long-lived hello"); err != nil {
 		return res, fmt.Errorf("the long-lived connection: %w", err)
 	}
-	serverFailedBefore := srv.stats().failed
 
 	p.Step("CA rotation: %s's SPIFFE CA rotates while %s keeps connecting to %s (a new connection every %s, plus one long-lived connection)",
 		server.Name, demoClientPod, demoServerPod, handshakeEvery)
-	r.traffic = &traffic{addr: srv.Addr(), cfg: cfg, long: long, byIssuer: map[string]int{}}
-	trafficCtx, stopTraffic := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() { r.traffic.run(trafficCtx) })
-	stop := sync.OnceFunc(func() { stopTraffic(); wg.Wait() })
+	var stop func() int
+	r.traffic, stop = startTraffic(ctx, srv, cfg, long)
 	defer stop()
 
 	r.began = time.Now()
 	err = r.drive(ctx)
-	stop()
+	res.ServerHandshakeErrors = stop()
 	t := r.traffic // run has returned: its counters are ours
 	if ctx.Err() == nil {
 		if _, err := long.say("long-lived goodbye"); err != nil {
@@ -127,7 +123,6 @@ func rotateUnderTraffic(ctx context.Context, p Progress, server, clientMember *M
 	res.Took = time.Since(r.began)
 	res.Handshakes, res.Failures, res.Errors, res.LongLivedExchanges = t.handshakes, t.failures, t.errs, t.longLived
 	res.HandshakesWithNewCA = t.byIssuer[res.NewCA]
-	res.ServerHandshakeErrors = srv.stats().failed - serverFailedBefore
 	if pool, perr := r.pool(ctx); perr != nil {
 		err = errors.Join(err, perr)
 	} else if t.lastLeaf != nil {
@@ -251,6 +246,26 @@ type traffic struct {
 	longLived  int
 	byIssuer   map[string]int // server leaf's authority key id (hex) -> handshakes
 	lastLeaf   *x509.Certificate
+}
+
+// startTraffic starts the client's load against srv. stop ends it and
+// returns how many handshakes failed on the server's side until then. It
+// reads that count before telling the client to stop: a handshake the stop
+// cuts short fails on the server's side too (EOF), and is nobody's fault.
+// A real refusal fails the client's exchange as well, which traffic counts.
+func startTraffic(ctx context.Context, srv *echoServer, cfg *tls.Config, long *echoConn) (t *traffic, stop func() int) {
+	t = &traffic{addr: srv.Addr(), cfg: cfg, long: long, byIssuer: map[string]int{}}
+	before := srv.stats().failed
+	trafficCtx, stopTraffic := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { t.run(trafficCtx) })
+	var serverErrors int
+	stopOnce := sync.OnceFunc(func() {
+		serverErrors = srv.stats().failed - before
+		stopTraffic()
+		wg.Wait()
+	})
+	return t, func() int { stopOnce(); return serverErrors }
 }
 
 func (t *traffic) run(ctx context.Context) {

@@ -19,8 +19,13 @@
 // Trust bundles follow the SPIFFE filesystem-delivery draft: one file per
 // trust domain, never merged, and a peer's certificate is verified only
 // against the bundle of its own trust domain. Service-dns anchors carry no
-// trust domain; every DNS trust bundle file goes into one pool and peers are
-// verified by DNS name (DNSClientConfig, DNSServerConfig).
+// trust domain but a scope, and peers are verified by DNS name
+// (DNSClientConfig, DNSServerConfig) against the anchors of the name's
+// scope only: a name under svc.clusterset.local against the clusterset's
+// (Options.ClustersetDNSTrustBundleFiles), any other name against this
+// cluster's own (Options.LocalDNSTrustBundleFiles). Every member's CA may
+// sign "svc" names, so the clusterset's anchors never verify a name of this
+// cluster.
 //
 // Certificates and roots are read at each handshake, so a reload never drops
 // an established connection and the next handshake uses the new material. A

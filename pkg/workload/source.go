@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +41,9 @@ func TrustBundleFileName(td spiffeid.TrustDomain) string {
 // arrived.
 const DefaultRefreshInterval = time.Minute
 
+// dataDirName is the symlink the kubelet swaps in a projected volume's root.
+const dataDirName = "..data"
+
 // debounce coalesces the burst of events of one kubelet swap.
 const debounce = 50 * time.Millisecond
 
@@ -58,9 +62,17 @@ type Options struct {
 	// peer is only ever verified against the bundle of its own trust domain.
 	// An empty file is an empty bundle (the peer has no anchors yet).
 	TrustBundleFiles map[spiffeid.TrustDomain]string
-	// DNSTrustBundleFiles hold service-dns trust anchors (for example the
-	// local and the clusterset bundles); they are pooled together.
-	DNSTrustBundleFiles []string
+	// LocalDNSTrustBundleFiles hold this cluster's service-dns anchors: a
+	// clusterTrustBundle projection of anchorage.dev/service-dns selecting
+	// service-dns.anchorage.dev/scope=cluster (anchorage.dev:service-dns:local).
+	// They verify every name outside svc.clusterset.local.
+	LocalDNSTrustBundleFiles []string
+	// ClustersetDNSTrustBundleFiles hold every clusterset member's
+	// service-dns anchors (scope=clusterset,
+	// anchorage.dev:service-dns:clusterset). They verify only names under
+	// svc.clusterset.local: each member's CA may sign "svc" names too, so
+	// they must never vouch for a name of this cluster.
+	ClustersetDNSTrustBundleFiles []string
 	// RefreshInterval is the periodic re-read fallback; zero means
 	// DefaultRefreshInterval, negative disables it.
 	RefreshInterval time.Duration
@@ -82,7 +94,7 @@ func (o *Options) Validate() error {
 		return errors.New("set either the credential bundle file or the key and certificate chain files, not both")
 	case split && (o.KeyFile == "" || o.CertificateChainFile == ""):
 		return errors.New("the key file and the certificate chain file go together: set both")
-	case !bundle && !split && len(o.TrustBundleFiles) == 0 && len(o.DNSTrustBundleFiles) == 0:
+	case !bundle && !split && len(o.TrustBundleFiles) == 0 && len(o.LocalDNSTrustBundleFiles) == 0 && len(o.ClustersetDNSTrustBundleFiles) == 0:
 		return errors.New("nothing to load: set a credential file or trust bundle files")
 	}
 	for td, path := range o.TrustBundleFiles {
@@ -109,12 +121,47 @@ type credential struct {
 	svidErr error
 }
 
+// dnsScope is which service-dns bundle anchors a name: the cluster's own
+// or the clusterset's.
+type dnsScope int
+
+const (
+	scopeLocal dnsScope = iota
+	scopeClusterset
+	numScopes
+)
+
+// clustersetSuffix ends the MCS names that the clusterset's anchors verify.
+const clustersetSuffix = ".svc." + signers.ClustersetDomain
+
+// IsClustersetName says whether name is an MCS name (under
+// svc.clusterset.local), which the clusterset's service-dns anchors verify;
+// any other name is verified by this cluster's own anchors.
+func IsClustersetName(name string) bool {
+	return strings.HasSuffix(strings.TrimSuffix(strings.ToLower(name), "."), clustersetSuffix)
+}
+
+// scopeOf is the scope whose anchors verify name.
+func scopeOf(name string) dnsScope {
+	if IsClustersetName(name) {
+		return scopeClusterset
+	}
+	return scopeLocal
+}
+
+func (s dnsScope) String() string {
+	if s == scopeClusterset {
+		return "clusterset"
+	}
+	return "local"
+}
+
 type material struct {
 	cred       *credential
 	bundlesRaw map[spiffeid.TrustDomain][]byte
 	bundles    map[spiffeid.TrustDomain]*x509bundle.Bundle
-	dnsRaw     [][]byte
-	dnsRoots   *x509.CertPool
+	dnsRaw     [numScopes][][]byte
+	dnsRoots   [numScopes]*x509.CertPool
 }
 
 // Source holds the current workload credential and trust bundles. It is
@@ -125,11 +172,15 @@ type Source struct {
 
 	reloadMu sync.Mutex
 	cur      atomic.Pointer[material]
+	// readFile reads a file (os.ReadFile; tests swap files between reads).
+	readFile func(string) ([]byte, error)
 
-	watcher   *fsnotify.Watcher
-	done      chan struct{}
-	wg        sync.WaitGroup
-	closeOnce sync.Once
+	watcher     *fsnotify.Watcher
+	watcherOnce sync.Once
+	watcherErr  error
+	done        chan struct{}
+	wg          sync.WaitGroup
+	closeOnce   sync.Once
 }
 
 var (
@@ -138,51 +189,94 @@ var (
 )
 
 // New loads every file of opts and starts watching them. The first load must
-// succeed. The watch stops with Close or when ctx ends.
+// succeed. The watch stops with Close or when ctx ends. When the files
+// cannot be watched (inotify limits), the periodic refresh carries on
+// alone and the error is reported through OnError; New fails then only if
+// the periodic refresh is disabled.
 func New(ctx context.Context, opts Options) (*Source, error) {
+	return newSource(ctx, opts, fsnotify.NewWatcher)
+}
+
+func newSource(ctx context.Context, opts Options, newWatcher func() (*fsnotify.Watcher, error)) (*Source, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
 	if opts.RefreshInterval == 0 {
 		opts.RefreshInterval = DefaultRefreshInterval
 	}
-	s := &Source{opts: opts, log: opts.Logger, done: make(chan struct{})}
+	s := &Source{opts: opts, log: opts.Logger, done: make(chan struct{}), readFile: os.ReadFile}
 	if err := s.Reload(); err != nil {
 		return nil, fmt.Errorf("loading workload credentials: %w", err)
 	}
 	if !opts.DisableWatch {
-		w, err := fsnotify.NewWatcher()
-		if err != nil {
-			return nil, fmt.Errorf("watching workload credential files: %w", err)
-		}
-		for _, dir := range s.dirs() {
-			// The kubelet replaces "..data" inside the folder: watch the
-			// folder, since a watch on a file follows the replaced inode.
-			if err := w.Add(dir); err != nil {
-				_ = w.Close()
-				return nil, fmt.Errorf("watching %s: %w", dir, err)
+		if err := s.startWatch(newWatcher); err != nil {
+			if opts.RefreshInterval < 0 {
+				return nil, fmt.Errorf("%w; nothing else would reload them: set a RefreshInterval", err)
 			}
+			s.report(fmt.Errorf("%w; re-reading them every %s instead", err, opts.RefreshInterval))
 		}
-		s.watcher = w
 	}
 	s.wg.Add(1)
 	go s.run(ctx)
 	return s, nil
 }
 
-// Close stops watching. The Source keeps serving the last material.
-func (s *Source) Close() error {
-	var err error
-	s.closeOnce.Do(func() {
-		close(s.done)
-		if s.watcher != nil {
-			err = s.watcher.Close()
-		}
-		s.wg.Wait()
-	})
-	return err
+func (s *Source) startWatch(newWatcher func() (*fsnotify.Watcher, error)) error {
+	w, err := newWatcher()
+	if err != nil {
+		return fmt.Errorf("watching workload credential files: %w", err)
+	}
+	s.watcher = w
+	if err := s.rewatch(); err != nil {
+		s.closeWatcher()
+		s.watcher = nil
+		return err
+	}
+	return nil
 }
 
+// rewatch adds the watches that are missing: all of them at first, later
+// a folder whose watch died because it was removed and made again.
+func (s *Source) rewatch() error {
+	if s.watcher == nil {
+		return nil
+	}
+	watched := s.watcher.WatchList()
+	var errs []error
+	for _, dir := range s.dirs() {
+		if slices.Contains(watched, dir) {
+			continue
+		}
+		if err := s.watcher.Add(dir); err != nil && !errors.Is(err, fsnotify.ErrClosed) {
+			errs = append(errs, fmt.Errorf("watching %s: %w", dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Source) closeWatcher() {
+	s.watcherOnce.Do(func() {
+		if s.watcher != nil {
+			s.watcherErr = s.watcher.Close()
+		}
+	})
+}
+
+// Close stops watching. The Source keeps serving the last material.
+func (s *Source) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.done)
+		s.closeWatcher()
+		s.wg.Wait()
+	})
+	return s.watcherErr
+}
+
+// dirs are the folders to watch. The kubelet replaces "..data" in the root
+// of a projected volume: the root is watched, since a watch on a file, or
+// on a nested folder (a symlink into the timestamped folder), follows the
+// inode the kubelet removes. Files outside a projected volume are watched
+// through their folder.
 func (s *Source) dirs() []string {
 	var files []string
 	if s.opts.CredentialBundleFile != "" {
@@ -194,16 +288,33 @@ func (s *Source) dirs() []string {
 	for _, p := range s.opts.TrustBundleFiles {
 		files = append(files, p)
 	}
-	files = append(files, s.opts.DNSTrustBundleFiles...)
+	files = append(files, s.opts.LocalDNSTrustBundleFiles...)
+	files = append(files, s.opts.ClustersetDNSTrustBundleFiles...)
 	var dirs []string
 	for _, f := range files {
-		d := filepath.Dir(f)
+		d := watchDir(f)
 		if !slices.Contains(dirs, d) {
 			dirs = append(dirs, d)
 		}
 	}
 	slices.Sort(dirs)
 	return dirs
+}
+
+// watchDir is the projected volume root above file (the folder holding
+// "..data"), or file's folder when there is none.
+func watchDir(file string) string {
+	dir := filepath.Dir(filepath.Clean(file))
+	for d := dir; ; {
+		if fi, err := os.Lstat(filepath.Join(d, dataDirName)); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+			return d
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return dir
+		}
+		d = parent
+	}
 }
 
 func (s *Source) run(ctx context.Context) {
@@ -229,6 +340,7 @@ func (s *Source) run(ctx context.Context) {
 		case <-s.done:
 			return
 		case <-ctx.Done():
+			s.closeWatcher()
 			return
 		case _, ok := <-events:
 			if !ok {
@@ -251,7 +363,7 @@ func (s *Source) run(ctx context.Context) {
 }
 
 func (s *Source) reloadAndReport() {
-	if err := s.Reload(); err != nil {
+	if err := errors.Join(s.Reload(), s.rewatch()); err != nil {
 		s.report(err)
 	}
 }
@@ -295,7 +407,7 @@ func (s *Source) Reload() error {
 		if hadOld {
 			next.bundlesRaw[td], next.bundles[td] = oldRaw, prev.bundles[td]
 		}
-		raw, err := os.ReadFile(path)
+		raw, err := s.readFile(path)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("reading the trust bundle of %q: %w", td, err))
 			continue
@@ -312,24 +424,14 @@ func (s *Source) Reload() error {
 		s.log.V(1).Info("Loaded trust bundle", "trustDomain", td.Name(), "anchors", len(b.X509Authorities()))
 	}
 
-	if len(s.opts.DNSTrustBundleFiles) > 0 {
-		raws := make([][]byte, len(s.opts.DNSTrustBundleFiles))
-		var err error
-		for i, path := range s.opts.DNSTrustBundleFiles {
-			if raws[i], err = os.ReadFile(path); err != nil {
-				err = fmt.Errorf("reading the DNS trust bundle: %w", err)
-				break
-			}
-		}
-		if err == nil && !slices.EqualFunc(raws, prev.dnsRaw, bytes.Equal) {
-			var pool *x509.CertPool
-			if pool, err = parseDNSRoots(s.opts.DNSTrustBundleFiles, raws); err == nil {
-				next.dnsRaw, next.dnsRoots, changed = raws, pool, true
-				s.log.V(1).Info("Loaded DNS trust bundle")
-			}
-		}
-		if err != nil {
+	for scope, paths := range s.dnsFiles() {
+		raws, pool, err := s.loadDNSRoots(dnsScope(scope), paths, prev.dnsRaw[scope])
+		switch {
+		case err != nil:
 			errs = append(errs, err)
+		case pool != nil:
+			next.dnsRaw[scope], next.dnsRoots[scope], changed = raws, pool, true
+			s.log.V(1).Info("Loaded DNS trust bundle", "scope", dnsScope(scope).String())
 		}
 	}
 
@@ -340,41 +442,85 @@ func (s *Source) Reload() error {
 }
 
 func (s *Source) loadCredential(prev *credential) ([]byte, *credential, error) {
-	var keyPEM, chainPEM, raw []byte
-	if f := s.opts.CredentialBundleFile; f != "" {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return nil, nil, fmt.Errorf("reading the credential bundle: %w", err)
-		}
-		raw = data
-		if prev != nil && bytes.Equal(raw, prev.raw) {
-			return raw, prev, nil
-		}
-		block, rest := pem.Decode(data)
-		if block == nil {
-			return nil, nil, fmt.Errorf("credential bundle %s: no PEM block; it must start with the private key", f)
-		}
-		keyPEM, chainPEM = pem.EncodeToMemory(block), rest
-	} else {
-		var err error
-		if keyPEM, err = os.ReadFile(s.opts.KeyFile); err != nil {
-			return nil, nil, fmt.Errorf("reading the private key: %w", err)
-		}
-		if chainPEM, err = os.ReadFile(s.opts.CertificateChainFile); err != nil {
-			return nil, nil, fmt.Errorf("reading the certificate chain: %w", err)
-		}
-		raw = append(append(slices.Clip(keyPEM), 0), chainPEM...)
-		if prev != nil && bytes.Equal(raw, prev.raw) {
-			return raw, prev, nil
-		}
+	f := s.opts.CredentialBundleFile
+	if f == "" {
+		return s.loadSplitCredential(prev, true)
 	}
-	cred, err := parseCredential(keyPEM, chainPEM)
+	raw, err := s.readFile(f)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading the credential bundle: %w", err)
+	}
+	if prev != nil && bytes.Equal(raw, prev.raw) {
+		return raw, prev, nil
+	}
+	block, rest := pem.Decode(raw)
+	if block == nil {
+		return nil, nil, fmt.Errorf("credential bundle %s: no PEM block; it must start with the private key", f)
+	}
+	cred, err := parseCredential(pem.EncodeToMemory(block), rest)
 	if err != nil {
 		return nil, nil, fmt.Errorf("workload credential: %w", err)
 	}
 	cred.raw = raw
 	return raw, cred, nil
 }
+
+// loadSplitCredential reads the key and the chain from their two files.
+// The kubelet may swap the volume between the two reads: a key that does
+// not match the chain is read again once before it counts as an error.
+func (s *Source) loadSplitCredential(prev *credential, retry bool) ([]byte, *credential, error) {
+	keyPEM, err := s.readFile(s.opts.KeyFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading the private key: %w", err)
+	}
+	chainPEM, err := s.readFile(s.opts.CertificateChainFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading the certificate chain: %w", err)
+	}
+	raw := append(append(slices.Clip(keyPEM), 0), chainPEM...)
+	if prev != nil && bytes.Equal(raw, prev.raw) {
+		return raw, prev, nil
+	}
+	cred, err := parseCredential(keyPEM, chainPEM)
+	if errors.Is(err, errKeyMismatch) && retry {
+		return s.loadSplitCredential(prev, false)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("workload credential: %w", err)
+	}
+	cred.raw = raw
+	return raw, cred, nil
+}
+
+// dnsFiles are the DNS trust bundle files of each scope.
+func (s *Source) dnsFiles() [numScopes][]string {
+	return [numScopes][]string{scopeLocal: s.opts.LocalDNSTrustBundleFiles, scopeClusterset: s.opts.ClustersetDNSTrustBundleFiles}
+}
+
+// loadDNSRoots reads the files of one scope. The pool is nil when there
+// are no files or they did not change since prevRaws.
+func (s *Source) loadDNSRoots(scope dnsScope, paths []string, prevRaws [][]byte) ([][]byte, *x509.CertPool, error) {
+	if len(paths) == 0 {
+		return nil, nil, nil
+	}
+	raws := make([][]byte, len(paths))
+	for i, path := range paths {
+		var err error
+		if raws[i], err = s.readFile(path); err != nil {
+			return nil, nil, fmt.Errorf("reading the %s DNS trust bundle: %w", scope, err)
+		}
+	}
+	if prevRaws != nil && slices.EqualFunc(raws, prevRaws, bytes.Equal) {
+		return nil, nil, nil
+	}
+	pool, err := parseDNSRoots(paths, raws)
+	if err != nil {
+		return nil, nil, err
+	}
+	return raws, pool, nil
+}
+
+var errKeyMismatch = errors.New("the private key does not match the leaf certificate")
 
 func parseCredential(keyPEM, chainPEM []byte) (*credential, error) {
 	key, err := signers.ParsePrivateKeyPEM(keyPEM)
@@ -387,7 +533,7 @@ func parseCredential(keyPEM, chainPEM []byte) (*credential, error) {
 	}
 	leaf := chain[0]
 	if !publicKeyEqual(key.Public(), leaf.PublicKey) {
-		return nil, errors.New("the private key does not match the leaf certificate")
+		return nil, errKeyMismatch
 	}
 	cert := &tls.Certificate{PrivateKey: key, Leaf: leaf}
 	var der []byte
@@ -475,8 +621,10 @@ func (s *Source) Certificate() *tls.Certificate {
 	return nil
 }
 
-// DNSRoots returns the current service-dns trust anchors, or nil when no
-// DNS trust bundle file is configured. Do not modify the pool.
-func (s *Source) DNSRoots() *x509.CertPool {
-	return s.cur.Load().dnsRoots
+// DNSRoots returns the current service-dns trust anchors that verify name:
+// the clusterset's for a name under svc.clusterset.local, this cluster's
+// for any other name; nil when no file of that scope is configured. Do not
+// modify the pool.
+func (s *Source) DNSRoots(name string) *x509.CertPool {
+	return s.cur.Load().dnsRoots[scopeOf(name)]
 }

@@ -23,7 +23,8 @@ func (s *Source) ClientConfig(authorizer tlsconfig.Authorizer) *tls.Config {
 }
 
 // DNSClientConfig verifies the server's certificate by DNS name against the
-// current service-dns trust anchors. serverName is the name to verify and
+// current service-dns trust anchors of the name's scope: the clusterset's
+// for a name under svc.clusterset.local, this cluster's for any other. serverName is the name to verify and
 // to send as SNI; empty means the host the connection was dialed with (as
 // crypto/tls sets ServerName). When the Source has a credential, it is
 // presented if the server asks for a client certificate.
@@ -73,9 +74,9 @@ func (s *Source) verifyDNS(peer []*x509.Certificate, name string, usage x509.Ext
 	if name == "" {
 		return errors.New("workload: no DNS name to verify the peer against; pass the server name")
 	}
-	roots := s.DNSRoots()
+	roots := s.DNSRoots(name)
 	if roots == nil {
-		return errors.New("workload: no DNS trust bundle configured")
+		return fmt.Errorf("workload: no %s DNS trust bundle configured to verify %q against", scopeOf(name), name)
 	}
 	inter := x509.NewCertPool()
 	for _, c := range peer[1:] {

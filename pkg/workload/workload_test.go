@@ -57,6 +57,9 @@ func (p *projected) write(t *testing.T, files map[string][]byte) {
 		t.Fatal(err)
 	}
 	for name, data := range files {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(tsDir, name)), 0o755); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(filepath.Join(tsDir, name), data, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -70,9 +73,12 @@ func (p *projected) write(t *testing.T, files map[string][]byte) {
 		t.Fatal(err)
 	}
 	for name := range files {
-		link := filepath.Join(p.dir, name)
+		// As the kubelet: the top-level name links into "..data", so a
+		// nested file's folder is a symlink into the timestamped folder.
+		top, _, _ := strings.Cut(name, "/")
+		link := filepath.Join(p.dir, top)
 		if _, err := os.Lstat(link); errors.Is(err, os.ErrNotExist) {
-			if err := os.Symlink(filepath.Join("..data", name), link); err != nil {
+			if err := os.Symlink(filepath.Join("..data", top), link); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -116,7 +122,7 @@ func newPod(t *testing.T, cred []byte, bundles map[spiffeid.TrustDomain][]byte, 
 	}
 	if dns != nil {
 		p.files["service-dns-ca.pem"] = dns
-		opts.DNSTrustBundleFiles = []string{p.vol.path("service-dns-ca.pem")}
+		opts.LocalDNSTrustBundleFiles = []string{p.vol.path("service-dns-ca.pem")}
 	}
 	if cred != nil {
 		opts.CredentialBundleFile = p.vol.path(workload.CredentialBundleFileName)
@@ -508,5 +514,67 @@ func TestNewErrors(t *testing.T) {
 			src.Close()
 			t.Errorf("%s: New succeeded, want an error", name)
 		}
+	}
+}
+
+// A client in east holds east's own service-dns anchors and the
+// clusterset's (east and west): west's CA may sign "svc" names, yet it only
+// ever vouches for clusterset names.
+func TestDNSScopes(t *testing.T) {
+	eastDNS, westDNS := workloadtest.NewServiceDNSCA(t, "east"), workloadtest.NewServiceDNSCA(t, "west")
+	const local, clusterset = "db.prod.svc", "db.prod.svc.clusterset.local"
+	serve := func(ca *workloadtest.CA) string {
+		return echoServer(t, newPod(t, ca.Issue(t, workloadtest.ServiceDNSLeaf(t, local, clusterset)).Bundle(), nil, nil).src.DNSServerConfig())
+	}
+	west, east := serve(westDNS), serve(eastDNS)
+
+	vol := newProjected(t)
+	vol.write(t, map[string][]byte{
+		"local.pem":      eastDNS.AnchorPEM(),
+		"clusterset.pem": append(eastDNS.AnchorPEM(), westDNS.AnchorPEM()...),
+	})
+	client, err := workload.New(t.Context(), workload.Options{
+		LocalDNSTrustBundleFiles:      []string{vol.path("local.pem")},
+		ClustersetDNSTrustBundleFiles: []string{vol.path("clusterset.pem")},
+		RefreshInterval:               -1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+
+	mustFail(t, west, client.DNSClientConfig(local), "unknown authority")
+	mustDial(t, west, client.DNSClientConfig(clusterset))
+	mustDial(t, east, client.DNSClientConfig(local))
+	mustDial(t, east, client.DNSClientConfig(clusterset))
+
+	t.Run("no bundle of the name's scope", func(t *testing.T) {
+		only, err := workload.New(t.Context(), workload.Options{ClustersetDNSTrustBundleFiles: []string{vol.path("clusterset.pem")}, RefreshInterval: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer only.Close()
+		mustFail(t, east, only.DNSClientConfig(local), "no local DNS trust bundle")
+		mustDial(t, east, only.DNSClientConfig(clusterset))
+	})
+}
+
+// A credentialBundlePath in a subfolder: the subfolder is a symlink into the
+// kubelet's timestamped folder, which every rotation removes. Rotations are
+// seen through the watch alone, again and again.
+func TestNestedPathRotations(t *testing.T) {
+	westCA := workloadtest.NewSPIFFECA(t, west, "west-1")
+	const name = "certs/" + workload.CredentialBundleFileName
+	vol := newProjected(t)
+	vol.write(t, map[string][]byte{name: westCA.Issue(t, workloadtest.SPIFFELeaf(t, west, "shop", "backend")).Bundle()})
+	src, err := workload.New(t.Context(), workload.Options{CredentialBundleFile: vol.path(name), RefreshInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	for i := range 4 {
+		next := westCA.Issue(t, workloadtest.SPIFFELeaf(t, west, "shop", "backend"))
+		vol.write(t, map[string][]byte{name: next.Bundle()})
+		waitFor(t, fmt.Sprintf("rotation %d", i+1), func() bool { return src.Certificate().Leaf.SerialNumber.Cmp(next.Serial) == 0 })
 	}
 }

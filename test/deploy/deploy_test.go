@@ -609,8 +609,11 @@ func checkDemoFiles(t *testing.T, dep *appsv1.Deployment, pod *corev1.PodSpec, o
 			peers(o.ExpectSPIFFEIDs, o.ExpectTrustDomains)
 		}
 		if o.DNSServerAddress != "" {
-			for _, f := range o.DNSTrustBundles {
+			for _, f := range o.ClustersetDNSTrustBundles {
 				want[f] = bundle(signers.ServiceDNSSignerName, map[string]string{federation.LabelServiceDNSScope: federation.ScopeClusterset})
+			}
+			for _, f := range o.LocalDNSTrustBundles {
+				want[f] = bundle(signers.ServiceDNSSignerName, map[string]string{federation.LabelServiceDNSScope: federation.ScopeCluster})
 			}
 		}
 	}

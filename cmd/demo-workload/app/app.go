@@ -64,7 +64,7 @@ func Main(ctx context.Context, opts *Options) error {
 
 // openSource loads the projected files named, relative to
 // --credentials-dir, and watches them. credential may be "".
-func openSource(ctx context.Context, opts *Options, log logr.Logger, credential string, tds []spiffeid.TrustDomain, dnsBundles []string) (*workload.Source, error) {
+func openSource(ctx context.Context, opts *Options, log logr.Logger, credential string, tds []spiffeid.TrustDomain, localDNS, clustersetDNS []string) (*workload.Source, error) {
 	dir := opts.CredentialsDir
 	wo := workload.Options{Logger: log, TrustBundleFiles: map[spiffeid.TrustDomain]string{}}
 	var files []string
@@ -76,8 +76,12 @@ func openSource(ctx context.Context, opts *Options, log logr.Logger, credential 
 		wo.TrustBundleFiles[td] = filepath.Join(dir, workload.TrustBundleFileName(td))
 		files = append(files, workload.TrustBundleFileName(td))
 	}
-	for _, f := range dnsBundles {
-		wo.DNSTrustBundleFiles = append(wo.DNSTrustBundleFiles, filepath.Join(dir, f))
+	for _, f := range localDNS {
+		wo.LocalDNSTrustBundleFiles = append(wo.LocalDNSTrustBundleFiles, filepath.Join(dir, f))
+		files = append(files, f)
+	}
+	for _, f := range clustersetDNS {
+		wo.ClustersetDNSTrustBundleFiles = append(wo.ClustersetDNSTrustBundleFiles, filepath.Join(dir, f))
 		files = append(files, f)
 	}
 	src, err := workload.New(ctx, wo)

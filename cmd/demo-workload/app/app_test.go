@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/funcr"
@@ -249,6 +250,39 @@ func TestRefusals(t *testing.T) {
 			t.Fatalf("got %v, want a refusal for web.demo.svc.clusterset.local", ex.Err)
 		}
 	})
+	t.Run("another member's anchors never verify a cluster-local name", func(t *testing.T) {
+		// east's client holds west's anchors in the clusterset bundle and
+		// its own in the local one; west's leaf holds echo.demo.svc too.
+		s := startServer(t, newLogs(t), f.serverDir(t), "--allow-spiffe-id="+clientID.String())
+		dir := f.clientDir(t)
+		eastDNS := workloadtest.NewServiceDNSCA(t, "east")
+		if err := os.WriteFile(filepath.Join(dir, app.LocalTrustBundleFile), eastDNS.AnchorPEM(), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c := newClient(t, newLogs(t), s, dir, "--expect-spiffe-id="+serverID.String(),
+			"--dns-server-name=echo.demo.svc", "--local-dns-trust-bundle="+app.LocalTrustBundleFile)
+		ex := c.Round(t.Context())[1]
+		if ex.Err == nil || !strings.Contains(ex.Err.Error(), "unknown authority") {
+			t.Fatalf("got %v (answer %q), want west's certificate for echo.demo.svc refused", ex.Err, ex.Answer)
+		}
+	})
+	t.Run("a --count client stopped early fails when an exchange failed", func(t *testing.T) {
+		s := startServer(t, newLogs(t), f.serverDir(t), "--allow-spiffe-id="+other(east))
+		clientLogs := newLogs(t)
+		c := newClient(t, clientLogs, s, f.clientDir(t), "--expect-spiffe-id="+serverID.String(), "--count=5", "--interval=1h")
+		ctx, stop := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- c.Run(ctx) }()
+		// The first round is over once its second exchange is logged; then
+		// SIGTERM.
+		for !clientLogs.has(`"msg"="Exchange"`, clustersetName) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		stop()
+		if err := <-done; err == nil || !strings.Contains(err.Error(), "1 of 2 exchanges failed") {
+			t.Errorf("Run stopped after a failed exchange: %v, want 1 of 2 exchanges failed", err)
+		}
+	})
 	t.Run("anchors of another cluster verify nothing", func(t *testing.T) {
 		s := startServer(t, newLogs(t), f.serverDir(t), "--allow-spiffe-id="+clientID.String())
 		dir := f.clientDir(t)
@@ -313,7 +347,11 @@ func TestValidate(t *testing.T) {
 		{[]string{"--mode=client", "--server-address=echo:8443"}, "--expect-spiffe-id or --expect-trust-domain"},
 		{[]string{"--mode=client", "--server-address=echo", "--expect-trust-domain=west.example"}, "host:port"},
 		{[]string{"--mode=client", "--dns-server-address=10.0.0.1:9443"}, "--dns-server-name"},
-		{[]string{"--mode=client", "--dns-server-address=echo:9443", "--dns-trust-bundle=../x.pem"}, "inside --credentials-dir"},
+		{[]string{"--mode=client", "--dns-server-address=" + clustersetName + ":9443", "--clusterset-dns-trust-bundle=../x.pem"}, "inside --credentials-dir"},
+		{[]string{"--mode=client", "--dns-server-address=echo.demo.svc:9443", "--local-dns-trust-bundle=/x.pem"}, "inside --credentials-dir"},
+		// A cluster-local name is verified by this cluster's anchors only.
+		{[]string{"--mode=client", "--dns-server-address=echo.demo.svc:9443"}, "--local-dns-trust-bundle must name at least one file"},
+		{[]string{"--mode=client", "--dns-server-address=echo:9443", "--dns-server-name=" + clustersetName, "--clusterset-dns-trust-bundle="}, "--clusterset-dns-trust-bundle must name at least one file"},
 		{[]string{"--mode=client", "--dns-server-address=echo:9443", "--allow-trust-domain=east.example"}, "server flag"},
 		{[]string{"--mode=client", "--dns-server-address=echo:9443", "--interval=0s"}, "--interval"},
 	} {
@@ -331,4 +369,5 @@ func TestValidate(t *testing.T) {
 	// The defaults plus a mode and its peer are enough.
 	parse(t, "--mode=server", "--allow-spiffe-id="+clientID.String())
 	parse(t, "--mode=client", "--dns-server-address="+clustersetName+":9443")
+	parse(t, "--mode=client", "--dns-server-address=echo.demo.svc:9443", "--local-dns-trust-bundle="+app.LocalTrustBundleFile)
 }

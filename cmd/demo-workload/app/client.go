@@ -49,9 +49,9 @@ func NewClient(ctx context.Context, opts *Options) (*Client, error) {
 	log := logr.FromContextOrDiscard(ctx).WithValues("client", opts.Name)
 	c := &Client{opts: opts, log: log}
 	var (
-		policy     *peerPolicy
-		credential string
-		dnsBundles []string
+		policy                  *peerPolicy
+		credential              string
+		localDNS, clustersetDNS []string
 	)
 	if opts.ServerAddress != "" {
 		var err error
@@ -61,13 +61,13 @@ func NewClient(ctx context.Context, opts *Options) (*Client, error) {
 		credential = SPIFFECredentialFile
 	}
 	if opts.DNSServerAddress != "" {
-		dnsBundles = opts.DNSTrustBundles
+		localDNS, clustersetDNS = opts.LocalDNSTrustBundles, opts.ClustersetDNSTrustBundles
 	}
 	var tds []spiffeid.TrustDomain
 	if policy != nil {
 		tds = policy.trustDomains()
 	}
-	src, err := openSource(ctx, opts, log, credential, tds, dnsBundles)
+	src, err := openSource(ctx, opts, log, credential, tds, localDNS, clustersetDNS)
 	if err != nil {
 		return nil, err
 	}
@@ -84,8 +84,9 @@ func NewClient(ctx context.Context, opts *Options) (*Client, error) {
 	}
 	if opts.DNSServerAddress != "" {
 		c.dns = httpClient(src.DNSClientConfig(opts.dnsServerName()), opts.Timeout)
+		_, bundles := opts.dnsTrustBundleFlag()
 		log.Info("Calling over TLS, verifying the server's service-dns certificate", "address", opts.DNSServerAddress,
-			"serverName", opts.dnsServerName(), "trustBundles", opts.DNSTrustBundles)
+			"serverName", opts.dnsServerName(), "trustBundles", bundles)
 	}
 	return c, nil
 }
@@ -157,13 +158,24 @@ func get(ctx context.Context, hc *http.Client, url string, verified func(*tls.Co
 }
 
 // Run calls the server every --interval until ctx ends, or for --count
-// rounds; then it fails if any exchange failed.
+// rounds. With --count it fails if any exchange failed, also when stopped
+// (SIGTERM) before the last round; an exchange cut short by the stop is
+// not a failure.
 func (c *Client) Run(ctx context.Context) error {
 	var rounds, exchanges, failed int
 	t := time.NewTicker(c.opts.Interval)
 	defer t.Stop()
+	result := func() error {
+		if c.opts.Count > 0 && failed > 0 {
+			return fmt.Errorf("%d of %d exchanges failed (the log above says why)", failed, exchanges)
+		}
+		return nil
+	}
 	for {
 		for _, ex := range c.Round(ctx) {
+			if errors.Is(ex.Err, context.Canceled) && ctx.Err() != nil {
+				continue // stopped mid-exchange
+			}
 			exchanges++
 			if ex.Err != nil {
 				failed++
@@ -171,14 +183,11 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		rounds++
 		if c.opts.Count > 0 && rounds >= c.opts.Count {
-			if failed > 0 {
-				return fmt.Errorf("%d of %d exchanges failed (the log above says why)", failed, exchanges)
-			}
-			return nil
+			return result()
 		}
 		select {
 		case <-ctx.Done():
-			return nil
+			return result()
 		case <-t.C:
 		}
 	}

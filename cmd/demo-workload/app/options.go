@@ -33,6 +33,10 @@ const (
 	// a clusterTrustBundle projection of anchorage.dev/service-dns
 	// selecting service-dns.anchorage.dev/scope=clusterset.
 	ClustersetTrustBundleFile = "clusterset.service-dns-trust-bundle.pem"
+	// LocalTrustBundleFile is the name deploy/demo would give this
+	// cluster's service-dns anchors: a clusterTrustBundle projection of
+	// anchorage.dev/service-dns selecting service-dns.anchorage.dev/scope=cluster.
+	LocalTrustBundleFile = "local.service-dns-trust-bundle.pem"
 )
 
 // Options are demo-workload's flags.
@@ -55,27 +59,32 @@ type Options struct {
 	ExpectTrustDomains []string
 	DNSServerAddress   string
 	DNSServerName      string
-	DNSTrustBundles    []string
-	Interval           time.Duration
-	Count              int
+	// ClustersetDNSTrustBundles are the clusterset's service-dns anchor files
+	// (--clusterset-dns-trust-bundle); LocalDNSTrustBundles this cluster's
+	// (--local-dns-trust-bundle). Which one verifies depends on
+	// --dns-server-name (workload.IsClustersetName).
+	ClustersetDNSTrustBundles []string
+	LocalDNSTrustBundles      []string
+	Interval                  time.Duration
+	Count                     int
 }
 
 // NewOptions returns the defaults.
 func NewOptions() *Options {
 	return &Options{
-		CredentialsDir:  "/var/run/anchorage",
-		HealthAddress:   ":8081",
-		Timeout:         5 * time.Second,
-		ListenAddress:   ":8443",
-		DNSTrustBundles: []string{ClustersetTrustBundleFile},
-		Interval:        5 * time.Second,
+		CredentialsDir:            "/var/run/anchorage",
+		HealthAddress:             ":8081",
+		Timeout:                   5 * time.Second,
+		ListenAddress:             ":8443",
+		ClustersetDNSTrustBundles: []string{ClustersetTrustBundleFile},
+		Interval:                  5 * time.Second,
 	}
 }
 
 // AddFlags registers the flags on fs.
 func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Mode, "mode", o.Mode, "\"server\" or \"client\" (required).")
-	fs.StringVar(&o.CredentialsDir, "credentials-dir", o.CredentialsDir, "Folder of the projected volume: "+SPIFFECredentialFile+" (the pod's X509-SVID), <trust domain>.spiffe-trust-bundle.pem for each peer trust domain, "+ServiceDNSCredentialFile+" (server, --dns-listen-address) and the --dns-trust-bundle files (client). Reloaded when the kubelet rotates them.")
+	fs.StringVar(&o.CredentialsDir, "credentials-dir", o.CredentialsDir, "Folder of the projected volume: "+SPIFFECredentialFile+" (the pod's X509-SVID), <trust domain>.spiffe-trust-bundle.pem for each peer trust domain, "+ServiceDNSCredentialFile+" (server, --dns-listen-address) and the --clusterset-dns-trust-bundle or --local-dns-trust-bundle files (client). Reloaded when the kubelet rotates them.")
 	fs.StringVar(&o.Name, "name", o.Name, "Name in answers and logs. Default: the host name (the pod's name).")
 	fs.StringVar(&o.HealthAddress, "health-address", o.HealthAddress, "Address of the plain-HTTP /healthz endpoint (200 while the certificates are loaded and valid); \"0\" disables it.")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "Bound on each handshake and exchange.")
@@ -90,7 +99,8 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.ExpectTrustDomains, "expect-trust-domain", o.ExpectTrustDomains, "Client: accept any server of these trust domains (repeatable or comma-separated).")
 	fs.StringVar(&o.DNSServerAddress, "dns-server-address", o.DNSServerAddress, "Client: host:port of the server's service-dns TLS listener, e.g. echo.demo.svc.clusterset.local:9443.")
 	fs.StringVar(&o.DNSServerName, "dns-server-name", o.DNSServerName, "Client: the DNS name the server's certificate must hold (and the SNI sent). Default: the host of --dns-server-address.")
-	fs.StringSliceVar(&o.DNSTrustBundles, "dns-trust-bundle", o.DNSTrustBundles, "Client: files in --credentials-dir with the service-dns anchors to verify --dns-server-name against, pooled.")
+	fs.StringSliceVar(&o.ClustersetDNSTrustBundles, "clusterset-dns-trust-bundle", o.ClustersetDNSTrustBundles, "Client: files in --credentials-dir with every clusterset member's service-dns anchors (projected from the bundle labelled service-dns.anchorage.dev/scope=clusterset). They verify a --dns-server-name under svc.clusterset.local, and only such a name.")
+	fs.StringSliceVar(&o.LocalDNSTrustBundles, "local-dns-trust-bundle", o.LocalDNSTrustBundles, "Client: files in --credentials-dir with this cluster's own service-dns anchors (projected from the bundle labelled service-dns.anchorage.dev/scope=cluster, e.g. "+LocalTrustBundleFile+"). They verify any other --dns-server-name (<svc>.<ns>.svc, the cluster domain): another member's CA never vouches for this cluster's names.")
 	fs.DurationVar(&o.Interval, "interval", o.Interval, "Client: time between rounds of exchanges.")
 	fs.IntVar(&o.Count, "count", o.Count, "Client: stop after this many rounds, failing if any exchange failed; 0 runs until stopped.")
 }
@@ -159,14 +169,7 @@ func (o *Options) validateClient() []error {
 		if o.dnsServerName() == "" {
 			errs = append(errs, errors.New("--dns-server-name is needed when --dns-server-address has no host name"))
 		}
-		if len(o.DNSTrustBundles) == 0 {
-			errs = append(errs, errors.New("--dns-trust-bundle must name at least one file with service-dns anchors"))
-		}
-		for _, f := range o.DNSTrustBundles {
-			if f == "" || filepath.IsAbs(f) || strings.Contains(f, "..") {
-				errs = append(errs, fmt.Errorf("--dns-trust-bundle %q must be a file name inside --credentials-dir", f))
-			}
-		}
+		errs = append(errs, o.validateDNSTrustBundles()...)
 	}
 	if o.Interval <= 0 {
 		errs = append(errs, errors.New("--interval must be positive"))
@@ -175,6 +178,35 @@ func (o *Options) validateClient() []error {
 		errs = append(errs, errors.New("--count must not be negative"))
 	}
 	return errs
+}
+
+// validateDNSTrustBundles wants files of the scope of --dns-server-name.
+func (o *Options) validateDNSTrustBundles() []error {
+	var errs []error
+	flag, files := o.dnsTrustBundleFlag()
+	if name := o.dnsServerName(); name != "" && len(files) == 0 {
+		errs = append(errs, fmt.Errorf("%s must name at least one file with the service-dns anchors that verify %s", flag, name))
+	}
+	for _, f := range []struct {
+		flag  string
+		files []string
+	}{{"--clusterset-dns-trust-bundle", o.ClustersetDNSTrustBundles}, {"--local-dns-trust-bundle", o.LocalDNSTrustBundles}} {
+		for _, file := range f.files {
+			if file == "" || filepath.IsAbs(file) || strings.Contains(file, "..") {
+				errs = append(errs, fmt.Errorf("%s %q must be a file name inside --credentials-dir", f.flag, file))
+			}
+		}
+	}
+	return errs
+}
+
+// dnsTrustBundleFlag is the flag, and its files, whose anchors verify
+// --dns-server-name.
+func (o *Options) dnsTrustBundleFlag() (string, []string) {
+	if workload.IsClustersetName(o.dnsServerName()) {
+		return "--clusterset-dns-trust-bundle", o.ClustersetDNSTrustBundles
+	}
+	return "--local-dns-trust-bundle", o.LocalDNSTrustBundles
 }
 
 // setFlag says whether a flag of the other mode was given.

@@ -48,7 +48,7 @@ func StartServer(ctx context.Context, opts *Options) (_ *Server, err error) {
 		if err != nil {
 			return nil, err
 		}
-		if s.spiffe, err = openSource(ctx, opts, log.WithName("spiffe"), SPIFFECredentialFile, policy.trustDomains(), nil); err != nil {
+		if s.spiffe, err = openSource(ctx, opts, log.WithName("spiffe"), SPIFFECredentialFile, policy.trustDomains(), nil, nil); err != nil {
 			return nil, err
 		}
 		s.closeSources = append(s.closeSources, s.spiffe.Close)
@@ -64,7 +64,7 @@ func StartServer(ctx context.Context, opts *Options) (_ *Server, err error) {
 			"allowedIDs", joinStrings(policy.ids), "allowedTrustDomains", joinStrings(policy.tds))
 	}
 	if opts.DNSListenAddress != "" {
-		if s.dns, err = openSource(ctx, opts, log.WithName("service-dns"), ServiceDNSCredentialFile, nil, nil); err != nil {
+		if s.dns, err = openSource(ctx, opts, log.WithName("service-dns"), ServiceDNSCredentialFile, nil, nil, nil); err != nil {
 			return nil, err
 		}
 		s.closeSources = append(s.closeSources, s.dns.Close)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	agentapp "github.com/anchorage-dev/anchorage/cmd/member-agent/app"
+	"github.com/anchorage-dev/anchorage/internal/cmdutil"
 	"github.com/anchorage-dev/anchorage/internal/localcluster"
 	"github.com/anchorage-dev/anchorage/internal/sandbox"
 	hubv1 "github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1"
@@ -66,10 +68,35 @@ func (o *Options) LogFile() (io.Writer, error) {
 	return os.OpenFile(filepath.Join(o.StateDir, "sandbox.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 }
 
-// Run runs the sandbox, printing what happens to out.
+// Run runs the sandbox, printing what happens to out. Everything it
+// started is stopped when it returns; a cancelled ctx (Ctrl-C) is an
+// interruption, not a failure.
 func Run(ctx context.Context, opts *Options, out io.Writer) error {
 	_, err := run(ctx, opts, out)
-	return err
+	return interrupted(ctx, err)
+}
+
+// Interrupt is what cmd/sandbox prints while it stops after Ctrl-C: every
+// apiserver and etcd must be stopped, so a second Ctrl-C does not abandon
+// them.
+func Interrupt(out io.Writer) cmdutil.Interrupt {
+	return cmdutil.Interrupt{
+		Out:           out,
+		Stopping:      "==> stopping the clusters…",
+		StillStopping: "    still stopping the clusters (apiservers, then etcd); they would keep running if the sandbox exited now",
+		Stopped:       "==> stopped",
+	}
+}
+
+// interrupted reports an error of a run whose ctx was cancelled as the
+// interruption it is (what failed then is the cancellation's doing; the
+// components' logs keep the details).
+func interrupted(ctx context.Context, err error) error {
+	if err == nil || ctx.Err() == nil {
+		return err
+	}
+	logr.FromContextOrDiscard(ctx).Info("Stopped by an interruption", "error", err.Error())
+	return fmt.Errorf("interrupted: %w", context.Cause(ctx))
 }
 
 // caPromotionDelay is the agents' --ca-promotion-delay in the sandbox:
@@ -174,7 +201,11 @@ func run(ctx context.Context, opts *Options, out io.Writer) (*sandbox.DemoResult
 		if err != nil {
 			return res, err
 		}
-		say("%s", shorten(string(body), resp.Header.Get("Content-Type")))
+		doc, err := document(u, resp, body)
+		if err != nil {
+			return res, err
+		}
+		say("%s", doc)
 	}
 	say("")
 
@@ -184,8 +215,16 @@ func run(ctx context.Context, opts *Options, out io.Writer) (*sandbox.DemoResult
 	}
 	p.Step("serving until interrupted: kubectl --kubeconfig %s get memberclusters", state.HubKubeconfig)
 	<-ctx.Done()
-	p.Step("stopping")
 	return res, nil
+}
+
+// document is what the sandbox prints of a document the hub serves: only
+// a 200 answer is the document.
+func document(url string, resp *http.Response, body []byte) (string, error) {
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s: the hub answered %s, not 200 OK: %s (the hub's log in sandbox.log says why)", url, resp.Status, shorten(string(body), resp.Header.Get("Content-Type")))
+	}
+	return shorten(string(body), resp.Header.Get("Content-Type")), nil
 }
 
 // shorten keeps a terminal readable: long PEM and base64 are elided.
