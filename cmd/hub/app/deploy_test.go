@@ -2,7 +2,12 @@ package app_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,7 +38,11 @@ import (
 func TestDeployHub(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cl := localcluster.StartT(t, localcluster.Options{Name: "hub", Scheme: app.Scheme()})
+	// OwnerReferencesPermissionEnforcement, as on OpenShift and hardened
+	// clusters: the join token Secret's controller reference needs update
+	// on memberclusters/finalizers.
+	cl := localcluster.StartT(t, localcluster.Options{Name: "hub", Scheme: app.Scheme(),
+		ExtraArgs: map[string]string{"enable-admission-plugins": "OwnerReferencesPermissionEnforcement"}})
 	objs, err := manifests.Load(filepath.Join("..", "..", "..", "deploy", "hub"))
 	if err != nil {
 		t.Fatal(err)
@@ -98,8 +107,11 @@ func TestDeployHub(t *testing.T) {
 	go func() { defer close(done); _ = h.Start(hctx) }()
 	defer func() { hcancel(); <-done }()
 	if _, err := os.Stat(hopts.DevCAFile); err != nil {
-		t.Errorf("development CA not written: %v", err)
+		t.Fatalf("development CA not written: %v", err)
 	}
+	// A fresh install has no MemberCluster or TrustDomain yet, and the
+	// rollout waits for readiness before the first one is created.
+	waitReady(ctx, t, hopts.ExternalURL, hopts.DevCAFile)
 
 	if err := cl.Client.Create(ctx, &hubv1.MemberCluster{ObjectMeta: metav1.ObjectMeta{Name: "east"},
 		Spec: hubv1.MemberClusterSpec{Issuer: hopts.ExternalURL + "/clusters/east", TrustDomain: "east.example"}}); err != nil {
@@ -119,5 +131,35 @@ func TestDeployHub(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatalf("the hub, running as its ServiceAccount, made no join token and status: %v", err)
+	}
+}
+
+// waitReady polls the hub's /readyz until it answers 200 "ok".
+func waitReady(ctx context.Context, t *testing.T, hubURL, caFile string) {
+	t.Helper()
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		t.Fatalf("%s holds no certificate", caFile)
+	}
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}
+	defer hc.CloseIdleConnections()
+	var last string
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		resp, err := hc.Get(hubURL + "/readyz")
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		last = fmt.Sprintf("%d %q", resp.StatusCode, body)
+		return resp.StatusCode == http.StatusOK && string(body) == "ok", nil
+	})
+	if err != nil {
+		t.Fatalf("the hub did not become ready: /readyz last answered %s", last)
 	}
 }

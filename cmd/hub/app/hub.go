@@ -33,6 +33,7 @@ import (
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/certwatcher"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -155,9 +156,16 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) 
 		Sets: publishedSets{sets}, PollTimeout: opts.LongPollTimeout, Writes: make(chan struct{}, opts.MaxConcurrentWrites),
 	}, docs.Ready, opts.Profiling)
 
-	tlsCfg, caFile, err := serving(opts, log)
+	tlsCfg, certs, caFile, err := serving(opts, log)
 	if err != nil {
 		return nil, err
+	}
+	if certs != nil {
+		// Every replica serves, so every replica reloads (it needs no
+		// leader).
+		if err := mgr.Add(certs); err != nil {
+			return nil, err
+		}
 	}
 	if ln == nil {
 		if ln, err = net.Listen("tcp", opts.ListenAddress); err != nil {
@@ -166,6 +174,9 @@ func New(ctx context.Context, opts *Options, cfg *rest.Config, ln net.Listener) 
 	}
 	h := &Hub{Manager: mgr, Store: store, Sets: sets, Registry: registry, CAFile: caFile, Router: r, ln: ln,
 		server: HTTPServer(r, tlsCfg, log.WithName("http-server"))}
+	// Shutdown waits for active requests: waiting long polls answer 204 at
+	// once instead of being cut after the grace period.
+	h.server.RegisterOnShutdown(sets.Drain)
 	if err := mgr.Add(serveRunnable(h, log)); err != nil {
 		return nil, err
 	}
@@ -261,16 +272,17 @@ func bundleEndpointRoots(file string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-// serving returns the TLS config: the operator's certificate, or a
-// self-signed development one whose certificate is written to a file for
-// clients to trust.
-func serving(opts *Options, log logr.Logger) (*tls.Config, string, error) {
+// serving returns the TLS config: the operator's certificate, reloaded by
+// the returned watcher when its files change (cert-manager renews them),
+// or a self-signed development one whose certificate is written to a file
+// for clients to trust.
+func serving(opts *Options, log logr.Logger) (*tls.Config, *certwatcher.CertWatcher, string, error) {
 	if opts.TLSCertFile != "" {
-		cert, err := tls.LoadX509KeyPair(opts.TLSCertFile, opts.TLSKeyFile)
+		certs, err := certwatcher.New(opts.TLSCertFile, opts.TLSKeyFile)
 		if err != nil {
-			return nil, "", fmt.Errorf("loading --tls-cert-file/--tls-key-file: %w", err)
+			return nil, nil, "", fmt.Errorf("loading --tls-cert-file/--tls-key-file: %w", err)
 		}
-		return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, "", nil
+		return &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12}, certs, "", nil
 	}
 	u, _ := url.Parse(opts.ExternalURL)
 	caFile := opts.DevCAFile
@@ -284,11 +296,11 @@ func serving(opts *Options, log logr.Logger) (*tls.Config, string, error) {
 	if cert, err := tls.LoadX509KeyPair(caFile, keyFile); err == nil && cert.Leaf != nil &&
 		time.Now().Before(cert.Leaf.NotAfter) && cert.Leaf.VerifyHostname(u.Hostname()) == nil {
 		log.Info("no --tls-cert-file: serving the development certificate made earlier", "caFile", caFile)
-		return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, caFile, nil
+		return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil, caFile, nil
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, "", err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(time.Now().UnixNano()),
@@ -307,18 +319,18 @@ func serving(opts *Options, log logr.Logger) (*tls.Config, string, error) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, "", err
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, "", err
 	}
 	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		return nil, "", fmt.Errorf("writing the development key to %s: %w", keyFile, err)
+		return nil, nil, "", fmt.Errorf("writing the development key to %s: %w", keyFile, err)
 	}
 	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		return nil, "", fmt.Errorf("writing the development CA to %s: %w", caFile, err)
+		return nil, nil, "", fmt.Errorf("writing the development CA to %s: %w", caFile, err)
 	}
 	log.Info("no --tls-cert-file: serving a self-signed development certificate; trust it with the CA file", "caFile", caFile)
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}, caFile, nil
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}, nil, caFile, nil
 }

@@ -11,6 +11,10 @@ import (
 	"github.com/anchorage-dev/anchorage/pkg/federation"
 )
 
+// MaxLongPollTimeout is the longest --long-poll-timeout: member agents
+// wait 90 s for an answer, and the hub's 204 must reach them well before.
+const MaxLongPollTimeout = 75 * time.Second
+
 // Options are the hub's flags.
 type Options struct {
 	ExternalURL          string
@@ -68,7 +72,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.JoinTokenTTL, "join-token-ttl", o.JoinTokenTTL, "How long a member's single-use join token is valid.")
 	fs.DurationVar(&o.ReportLease, "report-lease", o.ReportLease, "A member that has not reported for this long is Ready=False (its documents stay served).")
 	fs.Int64Var(&o.MaxBodyBytes, "max-body-bytes", o.MaxBodyBytes, "Largest agent API request body accepted.")
-	fs.DurationVar(&o.LongPollTimeout, "long-poll-timeout", o.LongPollTimeout, "How long an agent's bundles call waits for a change before the hub answers 204 and the agent calls again.")
+	fs.DurationVar(&o.LongPollTimeout, "long-poll-timeout", o.LongPollTimeout, "How long an agent's bundles call waits for a change before the hub answers 204 and the agent calls again; at most 75s (agents wait 90s).")
 	fs.IntVar(&o.MaxConcurrentWrites, "max-concurrent-writes", o.MaxConcurrentWrites, "Agent API status writes (joins, reports, acks) in flight to the hub's apiserver at once; more wait their turn.")
 	fs.BoolVar(&o.Profiling, "profiling", o.Profiling, "Serve Go's profiles at /debug/pprof/ (unauthenticated: for debugging only).")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "Elect a leader among hub replicas for writes; every replica serves reads.")
@@ -82,14 +86,22 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 // Validate checks the options and says what to fix.
 func (o *Options) Validate() error {
 	var errs []error
-	if u, err := url.Parse(o.ExternalURL); err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+	if u, err := url.Parse(o.ExternalURL); err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.User != nil {
 		errs = append(errs, fmt.Errorf("--external-url %q must be an https URL without query, fragment or user info", o.ExternalURL))
+	} else if u.Path != "" && u.Path != "/" {
+		// The routes are fixed at /clusters/... and /apis/v1/...: a hub
+		// behind a proxy that strips a prefix is still reached, but its
+		// issuer URLs and token audience would name paths it does not serve.
+		errs = append(errs, fmt.Errorf("--external-url %q has a path: serve the hub at the root of its host (a proxy may strip a prefix, but then give the URL the hub is reached at without it, e.g. %s://%s)", o.ExternalURL, u.Scheme, u.Host))
 	}
 	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
 		errs = append(errs, errors.New("--tls-cert-file and --tls-key-file go together"))
 	}
 	if o.JoinTokenTTL <= 0 || o.ReportLease <= 0 || o.MaxBodyBytes <= 0 || o.LongPollTimeout <= 0 || o.MaxConcurrentWrites <= 0 {
 		errs = append(errs, errors.New("--join-token-ttl, --report-lease, --max-body-bytes, --long-poll-timeout and --max-concurrent-writes must be positive"))
+	}
+	if o.LongPollTimeout > MaxLongPollTimeout {
+		errs = append(errs, fmt.Errorf("--long-poll-timeout %s is above %s: agents give up on a poll after 90s, so a longer one fails every quiet poll and fires the hub-unreachable alert", o.LongPollTimeout, MaxLongPollTimeout))
 	}
 	return errors.Join(errs...)
 }

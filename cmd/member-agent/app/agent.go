@@ -2,12 +2,11 @@ package app
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -419,15 +418,11 @@ func hubClient(opts *Options, d deps) (*federation.Client, error) {
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.ResponseHeaderTimeout = 0
 	if opts.HubCAFile != "" {
-		pem, err := os.ReadFile(opts.HubCAFile)
+		u, err := url.Parse(opts.HubURL)
 		if err != nil {
-			return nil, fmt.Errorf("reading --hub-ca-file: %w", err)
+			return nil, fmt.Errorf("--hub-url %q: %w", opts.HubURL, err)
 		}
-		roots := x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--hub-ca-file %s holds no PEM certificate", opts.HubCAFile)
-		}
-		transport.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+		transport.TLSClientConfig = hubclient.PinnedTLS(opts.HubCAFile, u.Hostname())
 	}
 	token := d.hubToken
 	if token == nil {

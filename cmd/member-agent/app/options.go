@@ -109,7 +109,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.SPIFFECAImportSecret, "spiffe-ca-import-secret", o.SPIFFECAImportSecret, "kubernetes.io/tls Secret in --namespace to import as the first SPIFFE CA (tls.key; tls.crt = CA certificate then its chain). Default: generate a CA.")
 	fs.StringVar(&o.ServiceDNSCAImportSecret, "service-dns-ca-import-secret", o.ServiceDNSCAImportSecret, "kubernetes.io/tls Secret in --namespace to import as the first service-dns CA. Default: generate a CA.")
 	fs.StringVar(&o.HubURL, "hub-url", o.HubURL, "The hub's external URL. Empty: run standalone, without federation.")
-	fs.StringVar(&o.HubCAFile, "hub-ca-file", o.HubCAFile, "CA certificates (PEM) to trust for the hub's serving certificate. Default: the system roots.")
+	fs.StringVar(&o.HubCAFile, "hub-ca-file", o.HubCAFile, "CA certificates (PEM): the only roots trusted for the hub's serving certificate (a pin; the system roots are then not consulted), re-read on every new connection so a rotated file needs no restart. Omit it to trust the system roots.")
 	fs.StringVar(&o.HubTokenFile, "hub-token-file", o.HubTokenFile, "Projected service-account token with the hub URL as audience (a serviceAccountToken volume), read on every call.")
 	fs.StringVar(&o.JoinTokenSecret, "join-token-secret", o.JoinTokenSecret, "Secret in --namespace whose \"token\" key holds the hub's single-use join token for this cluster.")
 	fs.DurationVar(&o.ReportInterval, "report-interval", o.ReportInterval, "How often the agent reports its anchors and JWKS to the hub (keep it well under the hub's --report-lease).")

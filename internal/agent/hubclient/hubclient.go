@@ -2,9 +2,14 @@ package hubclient
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -107,11 +112,63 @@ func (r *Reporter) once(ctx context.Context) error {
 	if err := r.Reader.Get(ctx, r.JoinSecret, &secret); err != nil {
 		return fmt.Errorf("this cluster has not joined the hub, and its join token Secret %s cannot be read (copy the token from the hub's Secret anchorage-hub/join-<cluster>): %w", r.JoinSecret, err)
 	}
+	token := joinToken(&secret)
+	if token == "" {
+		return fmt.Errorf("this cluster has not joined the hub, and its join token Secret %s has no %q key: copy the token from the hub's Secret anchorage-hub/join-<cluster>", r.JoinSecret, JoinTokenKey)
+	}
 	// 409: joined already (an earlier answer was lost, or the hub's cache
 	// lagged); the report below is the proof.
-	if err := r.Hub.Join(ctx, federation.JoinRequest{Token: string(secret.Data[JoinTokenKey]), JWKS: json.RawMessage(jwks)}); err != nil && !federation.IsStatus(err, http.StatusConflict) {
+	if err := r.Hub.Join(ctx, federation.JoinRequest{Token: token, JWKS: json.RawMessage(jwks)}); err != nil && !federation.IsStatus(err, http.StatusConflict) {
 		return fmt.Errorf("joining the hub: %w", err)
 	}
 	r.Log.Info("joined the hub", "hub", r.Hub.HubURL)
 	return r.Hub.Report(ctx, rep)
+}
+
+// joinToken is the Secret's token without surrounding whitespace: a
+// Secret made from a file (kubectl create secret --from-file) usually
+// ends in a newline, which the hub would refuse as a wrong token.
+func joinToken(secret *corev1.Secret) string {
+	return strings.TrimSpace(string(secret.Data[JoinTokenKey]))
+}
+
+// PinnedTLS is the hub client's TLS config for --hub-ca-file: the
+// certificates in caFile are the only roots trusted for the hub (a pin:
+// the system roots are not consulted), and hubHost (the hub URL's host
+// name or IP) must be in its certificate. The file is read at every
+// handshake, so a rotated CA Secret is used without a restart; until the
+// file is there, calls to the hub fail and are retried, and signing goes
+// on.
+func PinnedTLS(caFile, hubHost string) *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		// Verified by VerifyConnection, against the file as it is now: Go
+		// has no client-side hook to swap RootCAs.
+		InsecureSkipVerify: true, //nolint:gosec // see VerifyConnection
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return verifyPinned(caFile, hubHost, cs.PeerCertificates)
+		},
+	}
+}
+
+func verifyPinned(caFile, hubHost string, certs []*x509.Certificate) error {
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return fmt.Errorf("reading --hub-ca-file (create Secret anchorage-hub-ca with the hub's CA as ca.crt, or omit the flag to trust the system roots): %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return fmt.Errorf("--hub-ca-file %s holds no PEM certificate", caFile)
+	}
+	if len(certs) == 0 {
+		return errors.New("the hub presented no certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, DNSName: hubHost}); err != nil {
+		return fmt.Errorf("the hub's certificate does not verify against --hub-ca-file %s (does the file hold the CA that signed it?): %w", caFile, err)
+	}
+	return nil
 }

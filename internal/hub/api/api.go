@@ -91,7 +91,7 @@ func (h *Handler) acquire(ctx context.Context) (release func(), err error) {
 // BundleSets hands out members' bundle sets as they change.
 type BundleSets interface {
 	// Next returns member's set (JSON) once its sequence differs from
-	// after, or nil after timeout.
+	// after, or nil after timeout or when the replica shuts down.
 	Next(ctx context.Context, member string, after int64, timeout time.Duration) []byte
 	// Published is the sequence of member's set as this replica serves
 	// it, 0 before it serves one.
@@ -274,8 +274,9 @@ func (h *Handler) authenticated(w http.ResponseWriter, r *http.Request, name str
 }
 
 // bundles is the long poll: the member's bundle set as soon as its
-// sequence differs from ?after, or 204 after PollTimeout. Served from this
-// replica's memory; it never touches the API.
+// sequence differs from ?after, or 204 after PollTimeout (at once while
+// the replica shuts down, so that the agent polls another). Served from
+// this replica's memory; it never touches the API.
 func (h *Handler) bundles(w http.ResponseWriter, r *http.Request) {
 	name := chi.URLParam(r, "cluster")
 	after := int64(0)

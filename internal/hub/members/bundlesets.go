@@ -65,6 +65,8 @@ type BundleSets struct {
 	published map[string]*published
 	waiters   map[string]chan struct{}
 	anchors   anchorCache
+	// draining: this replica is shutting down; long polls answer at once.
+	draining bool
 	// written is the sequences ConfigMap as this leader last wrote it:
 	// newer than the cache until the watch catches up, and the base of the
 	// next write (the cache's copy would conflict).
@@ -329,10 +331,22 @@ func (s *BundleSets) Current(member string) (SequenceEntry, bool) {
 	return SequenceEntry{}, false
 }
 
+// Drain answers every waiting long poll, and every later one, at once:
+// called when this replica's server shuts down, so that agents poll
+// another replica rather than count a failure when the connection is cut.
+func (s *BundleSets) Drain() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.draining = true
+	for name := range s.waiters {
+		s.wake(name)
+	}
+}
+
 // Next returns member's bundle set (JSON) as soon as its sequence differs
-// from after, or nil when timeout passes or ctx ends first. A sequence
-// below after means the hub's state was reset: the agent gets the current
-// set rather than waiting forever.
+// from after, or nil when timeout passes, ctx ends or the replica drains
+// first. A sequence below after means the hub's state was reset: the agent
+// gets the current set rather than waiting forever.
 func (s *BundleSets) Next(ctx context.Context, member string, after int64, timeout time.Duration) []byte {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
@@ -342,6 +356,10 @@ func (s *BundleSets) Next(ctx context.Context, member string, after int64, timeo
 		if p != nil && p.entry.Sequence != after {
 			s.mu.Unlock()
 			return p.body
+		}
+		if s.draining {
+			s.mu.Unlock()
+			return nil
 		}
 		if s.Metrics != nil {
 			s.Metrics.Waiting.Inc()

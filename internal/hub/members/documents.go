@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	hubv1 "github.com/anchorage-dev/anchorage/pkg/apis/hub/v1alpha1"
 	"github.com/anchorage-dev/anchorage/pkg/oidcbundle"
@@ -48,11 +49,17 @@ type Documents struct {
 	anchors  anchorCache
 }
 
-// SetupWithManager re-builds on any member or trust-domain change.
+// SetupWithManager re-builds on any member or trust-domain change, and
+// once at start.
 func (d *Documents) SetupWithManager(mgr ctrl.Manager) error {
 	all := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{{}}
 	})
+	// A hub with no MemberCluster and no TrustDomain gets no watch event:
+	// without this build it would never be ready. Workers start after the
+	// caches synced, so this build sees what there is.
+	start := make(chan event.GenericEvent, 1)
+	start <- event.GenericEvent{Object: &hubv1.MemberCluster{}}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("hub-documents").
 		// Every replica serves reads, so every replica builds.
@@ -61,6 +68,7 @@ func (d *Documents) SetupWithManager(mgr ctrl.Manager) error {
 			return servedChanged(e.ObjectOld.(*hubv1.MemberCluster), e.ObjectNew.(*hubv1.MemberCluster))
 		}})).
 		Watches(&hubv1.TrustDomain{}, all).
+		WatchesRawSource(source.Channel(start, all)).
 		Complete(d)
 }
 
