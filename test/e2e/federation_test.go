@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"maps"
 	"net/http"
 	"slices"
@@ -38,6 +39,27 @@ func (m *memberEnv) hubBundles(t *testing.T) map[string][]*x509.Certificate {
 		out[b.Name] = certs
 	}
 	return out
+}
+
+// settled: the member has applied the set the hub publishes for it, and
+// every anchor of that set is distributed, so no change is on its way (a
+// peer's ack flips an anchor to distributed, which is a new set).
+func (e *hubEnv) settled(t *testing.T, name string) bool {
+	t.Helper()
+	entry, ok := e.hub.Sets.Current(name)
+	if !ok || e.member(name).Status.AppliedBundleSequence != entry.Sequence {
+		return false
+	}
+	var set federation.BundleSet
+	if err := json.Unmarshal(e.hub.Sets.Next(context.Background(), name, entry.Sequence-1, 0), &set); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range set.Anchors {
+		if !a.Distributed {
+			return false
+		}
+	}
+	return set.Sequence == entry.Sequence
 }
 
 func holds(certs []*x509.Certificate, want ...*x509.Certificate) bool {
@@ -91,8 +113,8 @@ func TestFederationPushAndRemoval(t *testing.T) {
 	if !maps.Equal(ctb.Labels, wantLabels) || ctb.Spec.SignerName != signers.SPIFFESignerName {
 		t.Errorf("td-west labels %v signer %s", ctb.Labels, ctb.Spec.SignerName)
 	}
-	poll(t, 20*time.Second, "both acks recorded", func() bool {
-		return e.member("east").Status.AppliedBundleSequence > 0 && e.member("west").Status.AppliedBundleSequence > 0
+	poll(t, 20*time.Second, "both members settled (every anchor distributed, the last set acked)", func() bool {
+		return e.settled(t, "east") && e.settled(t, "west")
 	})
 
 	// Someone deletes a federated bundle: the agent restores it from the

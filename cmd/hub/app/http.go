@@ -28,9 +28,10 @@ func HTTPServer(h http.Handler, tlsCfg *tls.Config, log logr.Logger) *http.Serve
 }
 
 // Middleware is what every hub request goes through: metrics and the
-// access log, then panic recovery (inside, so that a panic is counted and
-// logged as the 500 it answers). Exported for the well-known benchmark,
-// which measures the hub's real stack.
+// access log, then panic recovery (inside, so that a panic before the
+// answer began is counted and logged as the 500 it answers; one after is
+// logged by the recoverer and the connection cut). Exported for the
+// well-known benchmark, which measures the hub's real stack.
 func Middleware(log logr.Logger, reg prometheus.Registerer) []func(http.Handler) http.Handler {
 	return []func(http.Handler) http.Handler{accessLog(log, newHTTPMetrics(reg)), recoverer(log)}
 }
