@@ -275,8 +275,10 @@ func TestRefusals(t *testing.T) {
 		go func() { done <- c.Run(ctx) }()
 		// The first round is over once its second exchange is logged; then
 		// SIGTERM.
-		for !clientLogs.has(`"msg"="Exchange"`, clustersetName) {
-			time.Sleep(10 * time.Millisecond)
+		for deadline := time.Now().Add(30 * time.Second); !clientLogs.has(`"msg"="Exchange"`, clustersetName); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the client logged no exchange within 30s")
+			}
 		}
 		stop()
 		if err := <-done; err == nil || !strings.Contains(err.Error(), "1 of 2 exchanges failed") {

@@ -236,9 +236,14 @@ func Main(ctx context.Context, opts *Options) error {
 	return h.Start(ctx)
 }
 
+// serveRunnable serves until ctx ends, then shuts the server down and
+// returns only once the requests it held are answered (the drained long
+// polls among them): the process exits right after the runnables return.
 func serveRunnable(h *Hub, log logr.Logger) manager.Runnable {
 	return cmdutil.EveryReplica(func(ctx context.Context) error {
+		stopped := make(chan struct{})
 		go func() {
+			defer close(stopped)
 			<-ctx.Done()
 			shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
@@ -248,6 +253,7 @@ func serveRunnable(h *Hub, log logr.Logger) manager.Runnable {
 		if err := h.server.ServeTLS(h.ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serving on %s: %w", h.ln.Addr(), err)
 		}
+		<-stopped // ServeTLS returns as soon as Shutdown starts
 		return nil
 	})
 }

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -125,5 +126,65 @@ func TestServingCertificateIsReloaded(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("the renewed certificate is not served 30s after its files changed")
 		}
+	}
+}
+
+// A replica shutting down answers the requests it holds (long polls are
+// released by a shutdown hook) before its serving runnable returns, after
+// which the process exits.
+func TestServeWaitsForHeldRequests(t *testing.T) {
+	dir := t.TempDir()
+	opts := NewOptions()
+	opts.ExternalURL = "https://127.0.0.1"
+	opts.TLSCertFile, opts.TLSKeyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	writePair(t, opts.TLSCertFile, opts.TLSKeyFile, 1)
+	log := testr.New(t)
+	tlsCfg, _, _, err := serving(opts, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	arrived, released := make(chan struct{}), make(chan struct{})
+	var answered atomic.Bool
+	held := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		close(arrived)
+		<-released
+		time.Sleep(100 * time.Millisecond) // an answer that takes a moment
+		w.WriteHeader(http.StatusNoContent)
+		answered.Store(true)
+	})
+	h := &Hub{ln: ln, server: HTTPServer(held, tlsCfg, log)}
+	h.server.RegisterOnShutdown(func() { close(released) })
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() { served <- serveRunnable(h, log).Start(ctx) }()
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // the test's own server
+	go func() {
+		if resp, err := client.Get("https://" + ln.Addr().String() + "/"); err == nil {
+			_ = resp.Body.Close()
+		}
+	}()
+	select {
+	case <-arrived:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the request never reached the handler")
+	}
+	cancel()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the serving runnable did not return after shutdown")
+	}
+	if !answered.Load() {
+		t.Error("the serving runnable returned while a request was still held: the process would exit under it")
 	}
 }

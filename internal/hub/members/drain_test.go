@@ -34,8 +34,10 @@ func TestLongPollsAnswerOnShutdown(t *testing.T) {
 		resp.Body.Close()
 		answered <- resp.StatusCode
 	}()
-	for !s.hasWaiter("east") {
-		time.Sleep(time.Millisecond)
+	for deadline := time.Now().Add(30 * time.Second); !s.hasWaiter("east"); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the long poll never started waiting")
+		}
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -306,6 +306,23 @@ func checkBundle(td spiffeid.TrustDomain, b *spiffebundle.Bundle) error {
 	return nil
 }
 
+// keepable: td's stored bundle may stay as the last good one. A bundle
+// stored by a hub older than bundleTrustDomain (when trust domains could
+// be renamed) must first pass the checks a fetched one does; it is then
+// recorded as this trust domain's.
+func keepable(td *hubv1alpha1.TrustDomain) bool {
+	doc := td.CurrentBundle()
+	if doc == "" || td.Status.BundleTrustDomain != "" {
+		return doc != ""
+	}
+	trustDomain, err := spiffeid.TrustDomainFromString(td.Spec.TrustDomain)
+	if err != nil {
+		return false
+	}
+	b, err := parseBundle(trustDomain, doc)
+	return err == nil && checkBundle(trustDomain, b) == nil
+}
+
 // writeStatus writes the status for o, if it changes anything.
 func (r *Reconciler) writeStatus(ctx context.Context, td *hubv1alpha1.TrustDomain, o outcome) error {
 	now := metav1.NewTime(r.Clock.Now())
@@ -346,8 +363,9 @@ func (r *Reconciler) writeStatus(ctx context.Context, td *hubv1alpha1.TrustDomai
 		if o.reason != hubv1alpha1.ReasonInvalidSpec {
 			st.LastFetchError = msg
 		}
-		if td.CurrentBundle() != "" {
+		if keepable(td) {
 			msg += "; keeping the last good bundle"
+			st.BundleTrustDomain = td.Spec.TrustDomain
 		} else {
 			// A bundle fetched for another trust domain is no good bundle
 			// of this one: never keep it.

@@ -186,10 +186,27 @@ func TestFailuresForgottenOnDelete(t *testing.T) {
 
 // A bundle stored for another trust domain (before spec.trustDomain was
 // immutable) is never kept as the last good bundle, and a fetch records
-// whose bundle it stored.
+// whose bundle it stored. A bundle stored by an older hub (no
+// bundleTrustDomain) is kept only if it passes the checks of a fetched
+// one, and is then recorded as this trust domain's.
 func TestForeignBundleIsNotKept(t *testing.T) {
-	old := bundleOf("old.example", 7, time.Minute, newCA(t, "old.example"))
-	doc, err := old.Marshal()
+	for _, tc := range []struct {
+		name, authority, fetchedFor string
+		kept                        bool
+	}{
+		{"fetched for another trust domain", "old.example", "old.example", false},
+		{"stored by an older hub, another trust domain's", "old.example", "", false},
+		{"stored by an older hub, this trust domain's", "x.example", "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testStoredBundle(t, tc.authority, tc.fetchedFor, tc.kept)
+		})
+	}
+}
+
+func testStoredBundle(t *testing.T, authority, fetchedFor string, kept bool) {
+	stored := bundleOf(spiffeid.RequireTrustDomainFromString(authority).Name(), 7, time.Minute, newCA(t, authority))
+	doc, err := stored.Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +216,7 @@ func TestForeignBundleIsNotKept(t *testing.T) {
 			TrustDomain:    "x.example",
 			BundleEndpoint: hubv1alpha1.BundleEndpoint{URL: "https://x.example/", Profile: hubv1alpha1.ProfileHTTPSWeb},
 		},
-		Status: hubv1alpha1.TrustDomainStatus{Bundle: string(doc), BundleTrustDomain: "old.example", SequenceNumber: 7, RefreshHint: 60},
+		Status: hubv1alpha1.TrustDomainStatus{Bundle: string(doc), BundleTrustDomain: fetchedFor, SequenceNumber: 7, RefreshHint: 60},
 	}
 	c := newFake(t, td)
 	good := bundleOf("x.example", 1, time.Minute, newCA(t, "x.example"))
@@ -219,10 +236,17 @@ func TestForeignBundleIsNotKept(t *testing.T) {
 	if err := c.Get(context.Background(), req.NamespacedName, &got); err != nil {
 		t.Fatal(err)
 	}
+	cond := meta.FindStatusCondition(got.Status.Conditions, hubv1alpha1.ConditionReady)
+	if kept {
+		if got.Status.Bundle != string(doc) || got.Status.BundleTrustDomain != "x.example" || cond == nil || !strings.Contains(cond.Message, "keeping") {
+			t.Fatalf("after a failure, the stored bundle of x.example is not kept and recorded: %+v", got.Status)
+		}
+		return
+	}
 	if got.Status.Bundle != "" || got.Status.BundleTrustDomain != "" || got.Status.SequenceNumber != 0 {
 		t.Errorf("after a failure, old.example's bundle is kept: %+v", got.Status)
 	}
-	if cond := meta.FindStatusCondition(got.Status.Conditions, hubv1alpha1.ConditionReady); cond == nil || strings.Contains(cond.Message, "keeping") {
+	if cond == nil || strings.Contains(cond.Message, "keeping") {
 		t.Errorf("Ready = %+v; want no claim of a kept bundle", cond)
 	}
 

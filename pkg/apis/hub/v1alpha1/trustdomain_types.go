@@ -168,8 +168,9 @@ type TrustDomainList struct {
 // CurrentBundle returns status.bundle if it was fetched for spec.trustDomain,
 // else "": a bundle of another trust domain must never be served or pushed
 // as this one's. A bundle stored without bundleTrustDomain (by a hub older
-// than the field) counts as this one's: spec.trustDomain cannot change,
-// and dropping it on upgrade would make members delete a working bundle.
+// than the field) counts as this one's, so that an upgrade does not make
+// members drop a working bundle; the TrustDomain reconciler checks it like
+// a fetched one at its first poll, and records or clears it.
 func (t *TrustDomain) CurrentBundle() string {
 	if t.Status.BundleTrustDomain != "" && t.Status.BundleTrustDomain != t.Spec.TrustDomain {
 		return ""
