@@ -16,17 +16,36 @@ CACHE_ROOT="${ANCHORAGE_ASSETS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/anchorage/
 OUT="${CACHE_ROOT}/k8s-${K8S_VERSION}-${GO_VERSION}"
 
 log() { printf 'envtest-assets: %s\n' "$*" >&2; }
+complete() { [[ -x "${OUT}/kube-apiserver" && -x "${OUT}/etcd" ]]; }
 
-if [[ -x "${OUT}/kube-apiserver" && -x "${OUT}/etcd" ]]; then
+if complete; then
   echo "${OUT}"
   exit 0
 fi
 
 command -v go >/dev/null || { log "go is not on PATH; install Go 1.26 first"; exit 1; }
 
-WORK="$(mktemp -d)"
-trap 'rm -rf "${WORK}"' EXIT
+# Test packages run in parallel and may all arrive here on a first run: one
+# builds, the others wait for it and reuse its folder (two builds would
+# replace each other's binaries under running tests). The lock goes when
+# this script exits.
 mkdir -p "${CACHE_ROOT}"
+exec 9>"${CACHE_ROOT}/.build.lock"
+if ! flock -n 9; then
+  log "waiting for another build to finish (lock ${CACHE_ROOT}/.build.lock)"
+  flock 9
+fi
+if complete; then
+  echo "${OUT}"
+  exit 0
+fi
+
+WORK="$(mktemp -d)"
+# Built next to OUT, so that the final mv is a rename: OUT is either absent
+# or complete.
+BUILD="$(mktemp -d "${OUT}.build.XXXXXX")"
+chmod 755 "${BUILD}"
+trap 'rm -rf "${WORK}" "${BUILD}"' EXIT
 
 log "building kube-apiserver and etcd ${K8S_VERSION} from the Go module proxy (first time only, about 5 minutes on 2 cores)"
 cd "${WORK}"
@@ -65,12 +84,11 @@ log "[3/4] resolving dependencies"
 GOFLAGS=-mod=mod go mod tidy >&2 2>&1 || GOFLAGS=-mod=mod go get k8s.io/kubernetes/cmd/kube-apiserver go.etcd.io/etcd/server/v3 >&2
 
 log "[4/4] compiling (kube-apiserver, then etcd)"
-mkdir -p "${OUT}.tmp"
-GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "${OUT}.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "${BUILD}/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
 log "      kube-apiserver done"
-GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "${OUT}.tmp/etcd" go.etcd.io/etcd/server/v3
+GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "${BUILD}/etcd" go.etcd.io/etcd/server/v3
 log "      etcd done"
-rm -rf "${OUT}"
-mv "${OUT}.tmp" "${OUT}"
+rm -rf "${OUT}" # an incomplete one, left by hand: no build of ours leaves one
+mv "${BUILD}" "${OUT}"
 log "cached in ${OUT}"
 echo "${OUT}"

@@ -54,12 +54,13 @@ func AssetsDir() (string, error) {
 	if hasBinaries(exact) {
 		return exact, nil
 	}
-	// The script renames the folder into place only when both binaries are
-	// built, so a "...tmp" folder from a build in progress never matches.
+	// The script builds in "<folder>.build.XXXXXX" (older versions in
+	// "<folder>.tmp") and renames it into place once both binaries are
+	// built: a build in progress never matches.
 	candidates, _ := filepath.Glob(filepath.Join(root, "k8s-"+KubernetesVersion+"-go*"))
 	sort.Sort(sort.Reverse(sort.StringSlice(candidates)))
 	for _, dir := range candidates {
-		if !strings.HasSuffix(dir, ".tmp") && hasBinaries(dir) {
+		if !strings.HasSuffix(dir, ".tmp") && !strings.Contains(filepath.Base(dir), ".build.") && hasBinaries(dir) {
 			return dir, nil
 		}
 	}

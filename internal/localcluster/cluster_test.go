@@ -352,10 +352,13 @@ func TestAssetsDir(t *testing.T) {
 		if _, err := localcluster.AssetsDir(); err != localcluster.ErrNoAssets {
 			t.Errorf("empty cache: err = %v, want ErrNoAssets", err)
 		}
-		// A build in progress does not count.
-		fake(t, filepath.Join(root, "k8s-v1.37.1-go1.26.0.tmp"))
-		if _, err := localcluster.AssetsDir(); err != localcluster.ErrNoAssets {
-			t.Errorf("cache with a .tmp folder: err = %v, want ErrNoAssets", err)
+		// A build in progress does not count, even once both binaries are
+		// there (before the script renames its folder into place).
+		for _, building := range []string{"k8s-v1.37.1-go1.26.0.tmp", "k8s-v1.37.1-go1.26.9.build.Ab12Cd"} {
+			fake(t, filepath.Join(root, building))
+			if _, err := localcluster.AssetsDir(); err != localcluster.ErrNoAssets {
+				t.Errorf("cache with %s: err = %v, want ErrNoAssets", building, err)
+			}
 		}
 		// Binaries built by another Go patch release are fine.
 		other := filepath.Join(root, "k8s-v1.37.1-go1.26.0")

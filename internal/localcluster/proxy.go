@@ -18,6 +18,7 @@ import (
 type Proxy struct {
 	target string
 	addr   string
+	dial   func(network, addr string) (net.Conn, error)
 
 	mu    sync.Mutex
 	ln    net.Listener
@@ -37,7 +38,11 @@ func (c *Cluster) NewProxy() (*Proxy, error) {
 // NewTCPProxy starts a proxy to target (host:port) on a free loopback port:
 // any TCP server, a hub say.
 func NewTCPProxy(target string) (*Proxy, error) {
-	p := &Proxy{target: target, conns: map[net.Conn]struct{}{}}
+	return newTCPProxy(target, net.Dial)
+}
+
+func newTCPProxy(target string, dial func(network, addr string) (net.Conn, error)) (*Proxy, error) {
+	p := &Proxy{target: target, dial: dial, conns: map[net.Conn]struct{}{}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -116,18 +121,34 @@ func (p *Proxy) serveLocked(ln net.Listener) {
 			p.mu.Lock()
 			target := p.target
 			p.mu.Unlock()
-			out, err := net.Dial("tcp", target)
+			out, err := p.dial("tcp", target)
 			if err != nil {
 				_ = in.Close()
 				continue
 			}
-			p.mu.Lock()
-			p.conns[in], p.conns[out] = struct{}{}, struct{}{}
-			p.mu.Unlock()
+			if !p.register(ln, in, out) {
+				// Accepted before a Cut that has closed every connection
+				// since: this one must not outlive the outage.
+				_ = in.Close()
+				_ = out.Close()
+				return
+			}
 			p.wg.Go(func() { p.pipe(in, out) })
 			p.wg.Go(func() { p.pipe(out, in) })
 		}
 	})
+}
+
+// register records in and out for Cut, unless ln is no longer the
+// listener (a Cut, maybe a Restore, came after in was accepted).
+func (p *Proxy) register(ln net.Listener, in, out net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != ln {
+		return false
+	}
+	p.conns[in], p.conns[out] = struct{}{}, struct{}{}
+	return true
 }
 
 func (p *Proxy) pipe(dst, src net.Conn) {

@@ -64,7 +64,10 @@ func main() {
 	heapProfile = flag.String("heapprofile", "", "save the hub's heap profile once every member has its first set (experiments)")
 	flag.Parse()
 	benchutil.QuietLogs(logr.Discard())
-	if err := run(context.Background(), *members, *changes); err != nil {
+	ctx, stop := benchutil.Interruptible(context.Background())
+	err := run(ctx, *members, *changes)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "fanout:", err)
 		os.Exit(1)
 	}
@@ -193,6 +196,8 @@ func run(ctx context.Context, n, changes int) error {
 			case a := <-arrivals:
 				latest[a.member] = a.seq
 				last = a.at
+			case <-ctx.Done():
+				return time.Time{}, ctx.Err()
 			case <-deadline:
 				return time.Time{}, fmt.Errorf("%d of %d members answered within %s", len(latest), n, timeout)
 			}
@@ -248,6 +253,8 @@ func run(ctx context.Context, n, changes int) error {
 					got[a.member] = true
 					times = append(times, a.at.Sub(start))
 				}
+			case <-ctx.Done():
+				return ctx.Err()
 			case <-deadline:
 				return fmt.Errorf("change %d: %d of %d members got it within a minute", c+1, len(got), n)
 			}

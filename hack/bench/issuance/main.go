@@ -67,7 +67,10 @@ func main() {
 		components = zap.New(zap.WriteTo(os.Stderr), zap.UseFlagOptions(&zap.Options{TimeEncoder: zapcore.ISO8601TimeEncoder}))
 	}
 	benchutil.QuietLogs(components)
-	if err := run(*n, *runs, *workers, *cpuProfile, *only); err != nil {
+	ctx, stop := benchutil.Interruptible(context.Background())
+	err := run(ctx, *n, *runs, *workers, *cpuProfile, *only)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "issuance:", err)
 		os.Exit(1)
 	}
@@ -94,8 +97,8 @@ type bench struct {
 // settle is the pause between a run's setup and its start.
 const settle = time.Second
 
-func run(n, runs, workers int, cpuProfile, only string) error {
-	ctx, cancel := context.WithCancel(context.Background())
+func run(ctx context.Context, n, runs, workers int, cpuProfile, only string) error {
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cl, stop, err := benchutil.StartCluster(ctx, app.Scheme())
 	if err != nil {
@@ -180,6 +183,9 @@ func run(n, runs, workers int, cpuProfile, only string) error {
 			stop := start()
 			select {
 			case <-done:
+			case <-ctx.Done():
+				stop()
+				return ctx.Err()
 			case <-time.After(10 * time.Minute):
 				stop()
 				return fmt.Errorf("%s: only %d of %d issued after 10 minutes", c.name, b.watcher.count(ns), n)

@@ -45,7 +45,10 @@ func main() {
 	n := flag.Int("members", 3, "member clusters: west, whose anchors change, and the others that trust it")
 	flag.Parse()
 	benchutil.QuietLogs(logr.Discard())
-	if err := run(context.Background(), *changes, *n); err != nil {
+	ctx, stop := benchutil.Interruptible(context.Background())
+	err := run(ctx, *changes, *n)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "propagation:", err)
 		os.Exit(1)
 	}
@@ -154,6 +157,8 @@ func run(ctx context.Context, changes, n int) error {
 				if a.anchors == want {
 					last = a.at
 				}
+			case <-ctx.Done():
+				return time.Time{}, ctx.Err()
 			case <-deadline:
 				return time.Time{}, fmt.Errorf("peers hold %v anchors of west after %s, want %d each", have, timeout, want)
 			}

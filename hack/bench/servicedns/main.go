@@ -34,18 +34,21 @@ func main() {
 	runs := flag.Int("runs", 5, "repetitions per measurement; the median is printed")
 	flag.Parse()
 	benchutil.QuietLogs(logr.Discard())
-	if err := run(*sizesFlag, *runs); err != nil {
+	ctx, stop := benchutil.Interruptible(context.Background())
+	err := run(ctx, *sizesFlag, *runs)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "servicedns:", err)
 		os.Exit(1)
 	}
 }
 
-func run(sizesFlag string, runs int) error {
+func run(ctx context.Context, sizesFlag string, runs int) error {
 	sizes, err := benchutil.Counts("sizes", sizesFlag, 2)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cl, stop, err := benchutil.StartCluster(ctx, app.Scheme())
 	if err != nil {

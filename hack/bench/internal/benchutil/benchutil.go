@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -47,6 +49,18 @@ func Median[T time.Duration | float64](xs []T) T {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// Interruptible returns ctx cancelled on Ctrl-C or SIGTERM, so that a
+// benchmark returns and its deferred stops run: envtest starts kube-apiserver
+// and etcd in their own process group, out of reach of the terminal's
+// SIGINT, and they would otherwise outlive the benchmark with etcd's data
+// left in /dev/shm. Once cancelled, the signals kill again, so a second
+// Ctrl-C still ends a benchmark stuck in its cleanup.
+func Interruptible(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	context.AfterFunc(ctx, stop)
+	return ctx, stop
 }
 
 // Progress prints a progress line on stderr, so stdout holds only figures.
