@@ -15,7 +15,9 @@
 //     beginRefreshAt (plus jitter, or sooner with Options.RefreshAfter, or now
 //     with Refresh) a new key and request replace the old ones once issued.
 //   - clusterTrustBundle sources: the deduplicated certificates of the
-//     matching ClusterTrustBundles, re-rendered on every bundle change.
+//     matching ClusterTrustBundles, re-rendered a while after a bundle
+//     changes (Options.TrustBundleRefreshDelay), as the kubelet does at the
+//     pod's next sync.
 //   - serviceAccountToken sources: TokenRequest tokens bound to the Pod,
 //     renewed in their last 20%.
 //

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -31,6 +32,9 @@ type Pod struct {
 	log             logr.Logger
 	// hasTrustBundles is fixed at creation: pod volumes are immutable.
 	hasTrustBundles bool
+	// bundleDue is when (Unix nanoseconds, 0: none pending) a bundle change
+	// is due to be projected: set by Sim.onTrustBundle, claimed by sync.
+	bundleDue atomic.Int64
 
 	// procMu serializes sync and teardown; the fields below it are only
 	// touched with it held.
@@ -55,6 +59,10 @@ type volume struct {
 	sources []corev1.VolumeProjection
 	certs   []*certState // podCertificate sources, in source order
 	tokens  map[int]*tokenState
+	// anchors holds the clusterTrustBundle files last rendered, by source
+	// index: what the kubelet keeps projecting until the pod's next sync
+	// after a bundle change (see Sim.onTrustBundle).
+	anchors map[int][]byte
 
 	written bool  // the last sync wrote (or confirmed) the files
 	err     error // why the last sync could not
@@ -164,6 +172,7 @@ func newPod(s *Sim, pod *corev1.Pod) *Pod {
 			mode:    0o644, // the API's default for defaultMode
 			sources: v.Projected.Sources,
 			tokens:  map[int]*tokenState{},
+			anchors: map[int][]byte{},
 		}
 		if v.Projected.DefaultMode != nil {
 			vol.mode = fs.FileMode(*v.Projected.DefaultMode)
@@ -365,9 +374,13 @@ func (p *Pod) sync(ctx context.Context, force bool) error {
 	}
 
 	now := s.clock.Now()
+	freshBundles := p.claimBundleRefresh(now) || force
+	if due := p.bundleDue.Load(); due != 0 {
+		soonest(time.Unix(0, due))
+	}
 	allWritten := true
 	for _, v := range p.volumes {
-		payload, err := p.payload(v)
+		payload, err := p.payload(v, freshBundles)
 		if err != nil {
 			v.written, v.err = false, err
 			allWritten = false
@@ -397,6 +410,17 @@ func (p *Pod) sync(ctx context.Context, force bool) error {
 	}
 	p.publish()
 	return errors.Join(errs...)
+}
+
+// claimBundleRefresh says whether a pending bundle change is due, and if so
+// takes it (before the lister is read, so that a later change schedules a
+// refresh of its own).
+func (p *Pod) claimBundleRefresh(now time.Time) bool {
+	due := p.bundleDue.Load()
+	if due == 0 || now.UnixNano() < due {
+		return false
+	}
+	return p.bundleDue.CompareAndSwap(due, 0)
 }
 
 // stepCert advances one podCertificate source; it returns when it wants to be
@@ -544,7 +568,7 @@ func (p *Pod) ensureToken(ctx context.Context, pod *corev1.Pod, t *tokenState) (
 // payload renders a volume's files, or says why it cannot be written yet. Like
 // the kubelet, a volume is all or nothing: one source that cannot be rendered
 // keeps the previous files in place.
-func (p *Pod) payload(v *volume) (map[string]fileProjection, error) {
+func (p *Pod) payload(v *volume, freshBundles bool) (map[string]fileProjection, error) {
 	out := map[string]fileProjection{}
 	var errs []error
 	certs := map[int]*certState{}
@@ -576,7 +600,7 @@ func (p *Pod) payload(v *volume) (map[string]fileProjection, error) {
 				out[pc.CertificateChainPath] = fileProjection{data: c.chainPEM, mode: v.mode}
 			}
 		case src.ClusterTrustBundle != nil:
-			data, err := p.sim.trustAnchors(src.ClusterTrustBundle)
+			data, err := p.anchors(v, i, src.ClusterTrustBundle, freshBundles)
 			if err != nil {
 				errs = append(errs, err)
 				continue
@@ -595,6 +619,22 @@ func (p *Pod) payload(v *volume) (map[string]fileProjection, error) {
 		return nil, errors.Join(errs...)
 	}
 	return out, nil
+}
+
+// anchors renders clusterTrustBundle source i of v: the files last rendered
+// unless fresh, or the bundles now when there are none yet (a pod starting,
+// or a failed render, which the kubelet retries on every sync).
+func (p *Pod) anchors(v *volume, i int, src *corev1.ClusterTrustBundleProjection, fresh bool) ([]byte, error) {
+	if data, ok := v.anchors[i]; ok && !fresh {
+		return data, nil
+	}
+	data, err := p.sim.trustAnchors(src)
+	if err != nil {
+		delete(v.anchors, i)
+		return nil, err
+	}
+	v.anchors[i] = data
+	return data, nil
 }
 
 // reportRunning sets the pod's status to Running and Ready with a pod IP, as

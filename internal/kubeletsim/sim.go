@@ -49,6 +49,14 @@ const (
 	refreshOverdue = 10 * time.Minute
 )
 
+// Defaults of Options.TrustBundleRefreshDelay and TrustBundleRefreshJitter:
+// the kubelet's lag (up to its pod resync, 1 minute plus up to 50%)
+// compressed so that tests stay fast but never see bundles at once.
+const (
+	defaultTrustBundleRefreshDelay  = time.Second
+	defaultTrustBundleRefreshJitter = 0.5
+)
+
 // Options configures a simulated kubelet.
 type Options struct {
 	// NodeName is the Node this kubelet runs as (required). The Node is
@@ -80,6 +88,17 @@ type Options struct {
 	// events, like the kubelet's refresh pass and volume remounts; 0 = 1
 	// minute (jittered up to twice that, as the kubelet does).
 	ResyncPeriod time.Duration
+	// TrustBundleRefreshDelay is the least time between a ClusterTrustBundle
+	// change and the rewrite of the pods' clusterTrustBundle files; each pod
+	// waits TrustBundleRefreshDelay times 1 to 1+TrustBundleRefreshJitter.
+	// 0 = 1 s (a compressed kubelet, see onTrustBundle); negative = at once.
+	// Anything that publishes a bundle and then relies on pods having it (a
+	// CA promotion) must wait longer than the lag.
+	TrustBundleRefreshDelay time.Duration
+	// TrustBundleRefreshJitter is the fraction of TrustBundleRefreshDelay
+	// added at random per pod; 0 = 0.5 (the kubelet's pod resync jitter);
+	// negative = none.
+	TrustBundleRefreshJitter float64
 	// Log is the logger; the zero value means the one in Start's context.
 	Log logr.Logger
 	// NodeConfig is the kubelet's own identity (e.g. localcluster's
@@ -163,6 +182,12 @@ func New(cfg *rest.Config, opts Options) (*Sim, error) {
 	}
 	if opts.ResyncPeriod <= 0 {
 		opts.ResyncPeriod = time.Minute
+	}
+	if opts.TrustBundleRefreshDelay == 0 {
+		opts.TrustBundleRefreshDelay = defaultTrustBundleRefreshDelay
+	}
+	if opts.TrustBundleRefreshJitter == 0 {
+		opts.TrustBundleRefreshJitter = defaultTrustBundleRefreshJitter
 	}
 	podCIDR := opts.PodCIDR
 	if !podCIDR.IsValid() {
@@ -414,17 +439,38 @@ func (s *Sim) enqueueAll() {
 	}
 }
 
-// onTrustBundle re-renders every pod with a clusterTrustBundle source; the
-// kubelet drops its cached bundles on any change for the signer and re-projects
-// on the next volume sync.
+// onTrustBundle schedules the re-rendering of every pod with a
+// clusterTrustBundle source after the refresh lag. The kubelet does not
+// re-project on the event: its ClusterTrustBundle manager only drops cached
+// anchors (pkg/kubelet/clustertrustbundle/clustertrustbundle_manager.go,
+// newInformerManager's event handlers), and the files change when the pod is
+// next synced and its projected volume remounted (RequiresRemount in
+// pkg/volume/projected/projected.go; MarkRemountRequired in
+// pkg/kubelet/volumemanager/populator/desired_state_of_world_populator.go),
+// which the pod workers do every resync interval, 1 minute (--sync-frequency)
+// jittered by up to 50% (workerResyncIntervalJitterFactor in
+// pkg/kubelet/pod_workers.go): up to about 90 s after the change. Changes
+// coalesce: a pod with a refresh pending picks them all up then.
 func (s *Sim) onTrustBundle() {
+	now := s.clock.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for uid, p := range s.pods {
-		if p.hasTrustBundles {
-			s.queue.Add(uid)
+		if !p.hasTrustBundles {
+			continue
+		}
+		d := s.trustBundleRefreshDelay()
+		if p.bundleDue.CompareAndSwap(0, now.Add(d).UnixNano()) {
+			s.queue.AddAfter(uid, d)
 		}
 	}
+}
+
+// trustBundleRefreshDelay is one pod's lag after a bundle change.
+func (s *Sim) trustBundleRefreshDelay() time.Duration {
+	d := max(s.opts.TrustBundleRefreshDelay, 0)
+	// Not wait.Jitter: it turns a factor of 0 into 1.
+	return d + time.Duration(rand.Float64()*max(s.opts.TrustBundleRefreshJitter, 0)*float64(d))
 }
 
 func (s *Sim) onPod(ctx context.Context, obj any, deleted bool) {

@@ -83,6 +83,7 @@ func TestSim(t *testing.T) {
 	t.Run("RefreshWithCompressedTime", e.testCompressedRefresh)
 	t.Run("ForcedRefreshAndDeniedRefresh", e.testForcedRefresh)
 	t.Run("TrustBundleSelection", e.testTrustBundles)
+	t.Run("TrustBundleRefreshLag", e.testTrustBundleLag)
 	t.Run("PodsFromOtherClients", e.testForeignPod)
 	t.Run("CreateRequestOverrides", e.testCreateRequest)
 }
@@ -515,6 +516,62 @@ func (e *env) testTrustBundles(t *testing.T) {
 	err = q.WaitIssued(timeout(ctx, 2*time.Second))
 	if err == nil || !strings.Contains(err.Error(), "matched zero ClusterTrustBundles") {
 		t.Errorf("WaitIssued for a nil selector = %v, want a timeout naming the empty match", err)
+	}
+}
+
+// testTrustBundleLag runs a node of its own that resyncs its pods every few
+// hundred milliseconds: syncs during the lag must keep the old bundle files.
+func (e *env) testTrustBundleLag(t *testing.T) {
+	const lag, jitter = 2 * time.Second, 0.5
+	sim := startSim(t, e.cluster, kubeletsim.Options{
+		NodeName: "node-lag", ResyncPeriod: 200 * time.Millisecond,
+		TrustBundleRefreshDelay: lag, TrustBundleRefreshJitter: jitter,
+	})
+	ctx := t.Context()
+	ctbs := e.cluster.Clientset.CertificatesV1().ClusterTrustBundles()
+	caA, caB := newCA(t), newCA(t)
+	labels := map[string]string{"test.anchorage.dev/peer": "lag"}
+	ctb, err := ctbs.Create(ctx, &certsv1.ClusterTrustBundle{
+		ObjectMeta: metav1.ObjectMeta{Name: strings.ReplaceAll(testSignerName, "/", ":") + ":lag", Labels: labels},
+		Spec:       certsv1.ClusterTrustBundleSpec{SignerName: testSignerName, TrustBundle: string(caA)},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := sim.RunPod(ctx, kubeletsim.NewPod("bundle-lag", "reader", "",
+		kubeletsim.TrustBundleSource(testSignerName, &metav1.LabelSelector{MatchLabels: labels}, "ca.pem")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A starting pod gets the bundles at once.
+	if err := p.WaitIssued(timeout(ctx, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(p.VolumeDir(kubeletsim.VolumeName), "ca.pem")
+	wantCerts(t, path, caA)
+
+	ctb.Spec.TrustBundle = string(caA) + string(caB)
+	changed := time.Now() // before the update: the event comes after it
+	if _, err := ctbs.Update(ctx, ctb, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := changed.Add(time.Duration(float64(lag)*(1+jitter)) + 10*time.Second)
+	for {
+		readAt := time.Now()
+		if certsEqual(path, caA, caB) == nil {
+			if early := readAt.Sub(changed); early < lag {
+				t.Fatalf("bundle files rewritten %s after the change, before the lag of %s", early, lag)
+			}
+			t.Logf("bundle files rewritten within %s of the change (lag %s, jitter %.1f)", readAt.Sub(changed), lag, jitter)
+			return
+		}
+		if err := certsEqual(path, caA); err != nil {
+			t.Fatalf("during the lag: %v", err)
+		}
+		if readAt.After(deadline) {
+			t.Fatalf("bundle files not rewritten %s after the change", readAt.Sub(changed))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

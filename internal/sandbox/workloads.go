@@ -53,6 +53,16 @@ const (
 // server's certificate within seconds.
 const refreshScale = 1.0 / 10000
 
+// trustBundleLag is how long the kubelet simulators take to rewrite pods'
+// trust bundle files after a ClusterTrustBundle changes: 1 to 1.5 s, a real
+// kubelet's next pod sync (up to about 90 s) compressed. The agents'
+// promotion delay (cmd/sandbox) must exceed it, or the rotation breaks
+// traffic.
+const (
+	trustBundleLag       = time.Second
+	trustBundleLagJitter = 0.5
+)
+
 // ioTimeout bounds each dial, handshake and line exchange: a stuck peer
 // turns into a counted failure instead of a hang.
 const ioTimeout = 5 * time.Second
@@ -76,6 +86,9 @@ func startKubelet(ctx context.Context, m *Member, dir string) (*kubeletsim.Sim, 
 		Dir:          filepath.Join(dir, m.Name, "kubelet"),
 		RefreshAfter: kubeletsim.TimeScale(refreshScale),
 		Log:          logr.FromContextOrDiscard(ctx).WithName(m.Name + "-kubelet"),
+
+		TrustBundleRefreshDelay:  trustBundleLag,
+		TrustBundleRefreshJitter: trustBundleLagJitter,
 	}
 	if m.nodeAuthorization {
 		cfg, err := m.Cluster.NodeConfig(opts.NodeName)

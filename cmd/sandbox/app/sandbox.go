@@ -100,9 +100,10 @@ func interrupted(ctx context.Context, err error) error {
 }
 
 // caPromotionDelay is the agents' --ca-promotion-delay in the sandbox:
-// long enough for the kubelet simulators to re-project a changed trust
-// bundle, short enough for the demo's rotation to take seconds.
-const caPromotionDelay = 2 * time.Second
+// comfortably longer than the kubelet simulators' lag in re-projecting a
+// changed trust bundle (at most 1.5 s, internal/sandbox), short enough for
+// the demo's rotation to take seconds.
+const caPromotionDelay = 3 * time.Second
 
 // run is Run, returning what the demo saw (for tests).
 func run(ctx context.Context, opts *Options, out io.Writer) (*sandbox.DemoResult, error) {
