@@ -82,6 +82,11 @@ type CA struct {
 	// AddedAt is when the CA joined the pool as next (zero for a pool's
 	// first CA): promotion waits a minimum time after it.
 	AddedAt time.Time
+	// DistributedAt is when a next CA's anchor was first seen applied by
+	// every member trusting this cluster (zero until then, and again if
+	// that stops being so): promotion also waits a minimum time after it,
+	// for the kubelets of the last member to apply it.
+	DistributedAt time.Time
 }
 
 // Anchor is the trust anchor verifiers need for leaves of this CA.

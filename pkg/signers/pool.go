@@ -165,6 +165,23 @@ func (p *Pool) Promoted(now time.Time) (*Pool, error) {
 	return out, nil
 }
 
+// WithNextDistributedAt returns a copy of the pool whose next CA has
+// DistributedAt t (zero: not distributed).
+func (p *Pool) WithNextDistributedAt(t time.Time) *Pool {
+	out := p.clone()
+	for i, ca := range out.CAs {
+		if ca.State == StateNext {
+			c := *ca
+			if !t.IsZero() {
+				t = t.UTC()
+			}
+			c.DistributedAt = t
+			out.CAs[i] = &c
+		}
+	}
+	return out
+}
+
 // WithoutNext returns a copy of the pool without its next CA (an aborted
 // rotation).
 func (p *Pool) WithoutNext() *Pool {
@@ -204,9 +221,10 @@ type caJSON struct {
 	// Certificates: the signing certificate, then the chain to the anchor (PEM).
 	Certificates string `json:"certificates"`
 	// PrivateKey: PKCS#8 PEM.
-	PrivateKey string     `json:"privateKey"`
-	RetiredAt  *time.Time `json:"retiredAt,omitempty"`
-	AddedAt    *time.Time `json:"addedAt,omitempty"`
+	PrivateKey    string     `json:"privateKey"`
+	RetiredAt     *time.Time `json:"retiredAt,omitempty"`
+	AddedAt       *time.Time `json:"addedAt,omitempty"`
+	DistributedAt *time.Time `json:"distributedAt,omitempty"`
 }
 
 // Marshal encodes the pool, private keys included.
@@ -222,7 +240,7 @@ func (p *Pool) Marshal() ([]byte, error) {
 			Certificates: string(EncodeCertificatesPEM(append([]*x509.Certificate{ca.Certificate}, ca.Chain...))),
 			PrivateKey:   string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})),
 		}
-		c.RetiredAt, c.AddedAt = timePtr(ca.RetiredAt), timePtr(ca.AddedAt)
+		c.RetiredAt, c.AddedAt, c.DistributedAt = timePtr(ca.RetiredAt), timePtr(ca.AddedAt), timePtr(ca.DistributedAt)
 		out.CAs = append(out.CAs, c)
 	}
 	return json.MarshalIndent(out, "", "  ")
@@ -250,6 +268,9 @@ func UnmarshalPool(data []byte) (*Pool, error) {
 		}
 		if c.AddedAt != nil {
 			ca.AddedAt = *c.AddedAt
+		}
+		if c.DistributedAt != nil {
+			ca.DistributedAt = *c.DistributedAt
 		}
 		p.CAs = append(p.CAs, ca)
 	}

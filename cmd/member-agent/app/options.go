@@ -113,7 +113,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.HubTokenFile, "hub-token-file", o.HubTokenFile, "Projected service-account token with the hub URL as audience (a serviceAccountToken volume), read on every call.")
 	fs.StringVar(&o.JoinTokenSecret, "join-token-secret", o.JoinTokenSecret, "Secret in --namespace whose \"token\" key holds the hub's single-use join token for this cluster.")
 	fs.DurationVar(&o.ReportInterval, "report-interval", o.ReportInterval, "How often the agent reports its anchors and JWKS to the hub (keep it well under the hub's --report-lease).")
-	fs.DurationVar(&o.CAPromotionDelay, "ca-promotion-delay", o.CAPromotionDelay, "Least time a next CA is published before it signs (after every federated member has applied it), for kubelets to refresh pods' projected trust bundles.")
+	fs.DurationVar(&o.CAPromotionDelay, "ca-promotion-delay", o.CAPromotionDelay, "Least time a next CA is published, and applied by every member trusting this cluster (when a hub is configured), before it signs: for kubelets to refresh pods' projected trust bundles.")
 	fs.StringVar(&o.PodName, "pod-name", o.PodName, "The agent's pod name (downward API), for Events.")
 	fs.StringVar(&o.PodNamespace, "pod-namespace", o.PodNamespace, "The agent's pod namespace (downward API), for Events.")
 }

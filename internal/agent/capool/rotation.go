@@ -63,16 +63,17 @@ type Gate interface {
 }
 
 // Rotation drives the CA pools' rotation: operator requests, the
-// promotion of a next CA once the gate opens and PromotionDelay has
-// passed since it was published, and pruning retired CAs whose leaves have
-// all expired. It runs on the leader, which alone writes pools.
+// promotion of a next CA once PromotionDelay has passed both since it was
+// published and since the gate opened, and pruning retired CAs whose
+// leaves have all expired. It runs on the leader, which alone writes pools.
 type Rotation struct {
 	Store *Store
 	// Gate is nil when no hub is configured: nobody else must trust the
 	// next CA, so only PromotionDelay counts.
 	Gate Gate
-	// PromotionDelay is the least time a next CA is published before it
-	// signs, for kubelets to refresh the projected trust bundles of pods.
+	// PromotionDelay is the least time a next CA is published, and (with
+	// a hub) applied by every member trusting this cluster, before it
+	// signs: for kubelets to refresh the projected trust bundles of pods.
 	PromotionDelay time.Duration
 	Clock          clock.PassiveClock
 	Recorder       events.EventRecorder
@@ -195,22 +196,35 @@ func (r *Rotation) step(pool *signers.Pool, request string, sc SignerConfig, now
 		return stamped, r.PromotionDelay, fmt.Sprintf("CAs %s found without a publication or retirement time; they are published from now", strings.Join(skids, ", ")), nil
 	}
 	if n := pool.Next(); n != nil {
-		wait := n.AddedAt.Add(r.PromotionDelay).Sub(now)
-		skid := hex.EncodeToString(n.Anchor().SubjectKeyId)
-		switch {
-		case wait > 0:
+		ready := n.AddedAt.Add(r.PromotionDelay)
+		if r.Gate != nil {
+			// The delay also runs from the moment the last member applied
+			// the anchor: that member's kubelets refresh pods' projected
+			// bundles only at their next sync.
+			distributed := r.Gate.Distributed(signer, hex.EncodeToString(n.Anchor().SubjectKeyId))
+			switch {
+			case distributed && n.DistributedAt.IsZero():
+				return pool.WithNextDistributedAt(now), r.PromotionDelay, fmt.Sprintf("every member trusting this cluster has applied next CA %s; it signs once %s have passed", n.SKID(), r.PromotionDelay), nil
+			case !distributed && !n.DistributedAt.IsZero():
+				return pool.WithNextDistributedAt(time.Time{}), gateRecheck, fmt.Sprintf("next CA %s is no longer applied by every member trusting this cluster (one joined, or its set changed); its promotion waits for them again", n.SKID()), nil
+			case !distributed:
+				// The gate's next change re-queues at once; the periodic
+				// look keeps anchorage_agent_ca_next_age_seconds growing.
+				return nil, gateRecheck, "", nil
+			}
+			if d := n.DistributedAt.Add(r.PromotionDelay); d.After(ready) {
+				ready = d
+			}
+		}
+		if wait := ready.Sub(now); wait > 0 {
 			return nil, wait, "", nil
-		case r.Gate != nil && !r.Gate.Distributed(signer, skid):
-			// The gate's next change re-queues at once; the periodic look
-			// keeps anchorage_agent_ca_next_age_seconds growing meanwhile.
-			return nil, gateRecheck, "", nil
 		}
 		promoted, err := pool.Promoted(now)
 		if err != nil {
 			return nil, 0, "", err
 		}
 		r.count(signer, false)
-		return promoted, 0, fmt.Sprintf("promoted next CA %s: every member trusting this cluster has applied it", n.SKID()), nil
+		return promoted, 0, fmt.Sprintf("promoted next CA %s: every member trusting this cluster has applied it, %s ago at least", n.SKID(), r.PromotionDelay), nil
 	}
 	if pruned, dropped := pool.Pruned(now); dropped {
 		return pruned, 0, "dropped retired CAs whose last leaf has expired", nil
