@@ -2,6 +2,7 @@ package federation
 
 import (
 	"encoding/json"
+	"net/http"
 	"time"
 )
 
@@ -100,4 +101,18 @@ type Ack struct {
 	Sequence int64 `json:"sequence"`
 	// BundlesDigest is BundlesDigest of the bundles applied.
 	BundlesDigest string `json:"bundlesDigest"`
+}
+
+// WriteError answers {"error": msg} with status: the error body of every
+// hub route, documents and agent API alike. Messages are read by people,
+// so "<" and ">" are kept as they are; never cached.
+func WriteError(w http.ResponseWriter, status int, msg string) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(Error{Error: msg})
 }

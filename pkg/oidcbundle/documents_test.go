@@ -411,8 +411,8 @@ func TestDeleteAndTrustDomains(t *testing.T) {
 	s.DeleteMember("nobody")
 	s.DeleteTrustDomain("east.example")
 	for path, want := range map[string]string{
-		"/clusters/west/openid/v1/jwks":      `{"error":"cluster \"west\" is not a member of this hub"}`,
-		"/trust-domains/east.example/bundle": `{"error":"trust domain \"east.example\" is not served by this hub"}`,
+		"/clusters/west/openid/v1/jwks":      `{"error":"cluster \"west\" is not a member of this hub"}` + "\n",
+		"/trust-domains/east.example/bundle": `{"error":"trust domain \"east.example\" is not served by this hub"}` + "\n",
 	} {
 		resp := do(t, r, http.MethodGet, path, nil)
 		if got := body(t, resp); resp.StatusCode != http.StatusNotFound || got != want {
@@ -431,7 +431,7 @@ func TestDeleteAndTrustDomains(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp := do(t, r, http.MethodGet, "/clusters/east/.well-known/spiffe-bundle", nil)
-	if got := body(t, resp); resp.StatusCode != http.StatusNotFound || got != `{"error":"cluster \"east\" has not reported anchorage.dev/spiffe anchors"}` {
+	if got := body(t, resp); resp.StatusCode != http.StatusNotFound || got != `{"error":"cluster \"east\" has not reported anchorage.dev/spiffe anchors"}`+"\n" {
 		t.Errorf("spiffe bundle without anchors: %d %s", resp.StatusCode, got)
 	}
 	resp = do(t, r, http.MethodGet, "/clusters/east/.well-known/anchorage/trust-bundles", nil)

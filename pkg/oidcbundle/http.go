@@ -1,12 +1,13 @@
 package oidcbundle
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
 
 	"github.com/go-chi/chi/v5"
+
+	"github.com/anchorage-dev/anchorage/pkg/federation"
 )
 
 // Routes mounts the public documents on r:
@@ -68,12 +69,12 @@ func (h *memberHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// no decoding, hence no way to reach another member's document.
 	name := chi.URLParam(r, "cluster")
 	if !isDNSLabel(name) {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("malformed cluster name %q: cluster names are DNS labels", name))
+		federation.WriteError(w, http.StatusBadRequest, fmt.Sprintf("malformed cluster name %q: cluster names are DNS labels", name))
 		return
 	}
 	m := h.store.snap.Load().members[name]
 	if m == nil {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("cluster %q is not a member of this hub", name))
+		federation.WriteError(w, http.StatusNotFound, fmt.Sprintf("cluster %q is not a member of this hub", name))
 		return
 	}
 	var doc *document
@@ -86,40 +87,40 @@ func (h *memberHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		doc = m.trustBundles
 	case kindSPIFFE:
 		if doc = m.spiffe; doc == nil {
-			writeError(w, http.StatusNotFound, fmt.Sprintf("cluster %q has not reported anchorage.dev/spiffe anchors", name))
+			federation.WriteError(w, http.StatusNotFound, fmt.Sprintf("cluster %q has not reported anchorage.dev/spiffe anchors", name))
 			return
 		}
 	case kindPEM:
 		slug, ok := strings.CutSuffix(chi.URLParam(r, "file"), ".pem")
 		if !ok {
-			writeError(w, http.StatusNotFound, "no such document: trust bundles are named <signer-slug>.pem")
+			federation.WriteError(w, http.StatusNotFound, "no such document: trust bundles are named <signer-slug>.pem")
 			return
 		}
 		if !isDNSLabel(slug) {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("malformed signer slug %q", slug))
+			federation.WriteError(w, http.StatusBadRequest, fmt.Sprintf("malformed signer slug %q", slug))
 			return
 		}
 		if doc = m.pem[slug]; doc == nil {
-			writeError(w, http.StatusNotFound, fmt.Sprintf("cluster %q has no anchors for signer %q", name, slug))
+			federation.WriteError(w, http.StatusNotFound, fmt.Sprintf("cluster %q has no anchors for signer %q", name, slug))
 			return
 		}
 	case kindCACert:
 		slug := chi.URLParam(r, "slug")
 		skid, ok := strings.CutSuffix(chi.URLParam(r, "file"), ".der")
 		if !ok {
-			writeError(w, http.StatusNotFound, "no such document: CA certificates are named <subject-key-id-hex>.der")
+			federation.WriteError(w, http.StatusNotFound, "no such document: CA certificates are named <subject-key-id-hex>.der")
 			return
 		}
 		if !isDNSLabel(slug) {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("malformed signer slug %q", slug))
+			federation.WriteError(w, http.StatusBadRequest, fmt.Sprintf("malformed signer slug %q", slug))
 			return
 		}
 		if !isSKIDHex(skid) {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("malformed subject key id %q: lowercase hex, whole bytes", skid))
+			federation.WriteError(w, http.StatusBadRequest, fmt.Sprintf("malformed subject key id %q: lowercase hex, whole bytes", skid))
 			return
 		}
 		if doc = m.caCerts[slug][skid]; doc == nil {
-			writeError(w, http.StatusNotFound, fmt.Sprintf("cluster %q has no %s CA with subject key id %s", name, slug, skid))
+			federation.WriteError(w, http.StatusNotFound, fmt.Sprintf("cluster %q has no %s CA with subject key id %s", name, slug, skid))
 			return
 		}
 	}
@@ -137,12 +138,12 @@ func (h *trustDomainHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	td := chi.URLParam(r, "td")
 	if !isTrustDomainName(td) {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("malformed trust domain %q", td))
+		federation.WriteError(w, http.StatusBadRequest, fmt.Sprintf("malformed trust domain %q", td))
 		return
 	}
 	doc := h.store.snap.Load().trustDomains[td]
 	if doc == nil {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("trust domain %q is not served by this hub", td))
+		federation.WriteError(w, http.StatusNotFound, fmt.Sprintf("trust domain %q is not served by this hub", td))
 		return
 	}
 	serveDocument(w, r, doc)
@@ -154,7 +155,7 @@ func (notFound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !methodAllowed(w, r) {
 		return
 	}
-	writeError(w, http.StatusNotFound, "no such document")
+	federation.WriteError(w, http.StatusNotFound, "no such document")
 }
 
 // serveDocument answers with d's pre-built headers and bytes, or 304 when
@@ -216,22 +217,8 @@ func methodAllowed(w http.ResponseWriter, r *http.Request) bool {
 		return true
 	}
 	w.Header().Set("Allow", "GET, HEAD")
-	writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s is not allowed: these documents are read-only (GET, HEAD)", r.Method))
+	federation.WriteError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s is not allowed: these documents are read-only (GET, HEAD)", r.Method))
 	return false
-}
-
-// writeError sends {"error": msg}. Errors are never cached: a member that
-// is missing now may join a second later.
-func writeError(w http.ResponseWriter, status int, msg string) {
-	body, _ := json.Marshal(struct {
-		Error string `json:"error"`
-	}{msg})
-	h := w.Header()
-	h.Set("Content-Type", ContentTypeJSON)
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_, _ = w.Write(body)
 }
 
 // isDNSLabel: RFC 1123 label, the form of cluster names and signer slugs.

@@ -15,7 +15,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/anchorage-dev/anchorage/internal/hub/api"
+	"github.com/anchorage-dev/anchorage/pkg/federation"
 )
 
 // HTTPServer is the hub's server for its router, with timeouts against
@@ -54,7 +54,7 @@ func recoverer(log logr.Logger) func(http.Handler) http.Handler {
 					// The answer has begun: cut it rather than append an error to it.
 					panic(http.ErrAbortHandler)
 				}
-				api.WriteError(w, http.StatusInternalServerError, "internal error in the hub; retry, and report it with the hub's log if it persists")
+				federation.WriteError(w, http.StatusInternalServerError, "internal error in the hub; retry, and report it with the hub's log if it persists")
 			}()
 			next.ServeHTTP(w, r)
 		})

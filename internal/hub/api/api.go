@@ -110,7 +110,7 @@ func (h *Handler) Routes(r chi.Router) {
 		r.Get("/"+federation.BundlesPath, h.bundles)
 		r.Post("/"+federation.AckPath, h.ack)
 		r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
-			WriteError(w, http.StatusNotFound, "no such agent API call; the calls are POST join, PUT report, GET bundles and POST ack")
+			federation.WriteError(w, http.StatusNotFound, "no such agent API call; the calls are POST join, PUT report, GET bundles and POST ack")
 		})
 		r.MethodNotAllowed(MethodNotAllowed("method not allowed: join is POST, report is PUT, bundles is GET, ack is POST"))
 	})
@@ -134,29 +134,29 @@ func (h *Handler) join(w http.ResponseWriter, r *http.Request) {
 	}
 	_, jwks, err := parseJWKS(req.JWKS)
 	if err != nil {
-		WriteError(w, http.StatusBadRequest, err.Error())
+		federation.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	alreadyJoined := fmt.Sprintf("cluster %q has already joined; its keys rotate through authenticated reports", name)
 	if meta.IsStatusConditionTrue(mc.Status.Conditions, hubv1.ConditionJoined) {
-		WriteError(w, http.StatusConflict, alreadyJoined)
+		federation.WriteError(w, http.StatusConflict, alreadyJoined)
 		return
 	}
 	var secret corev1.Secret
 	err = h.APIReader.Get(ctx, client.ObjectKey{Namespace: h.Namespace, Name: JoinTokenSecretName(name)}, &secret)
 	if apierrors.IsNotFound(err) {
-		WriteError(w, http.StatusUnauthorized, fmt.Sprintf("no join token is waiting for cluster %q: it was used, or the MemberCluster was just created; ask the hub operator for the token in Secret %s/%s", name, h.Namespace, JoinTokenSecretName(name)))
+		federation.WriteError(w, http.StatusUnauthorized, fmt.Sprintf("no join token is waiting for cluster %q: it was used, or the MemberCluster was just created; ask the hub operator for the token in Secret %s/%s", name, h.Namespace, JoinTokenSecretName(name)))
 		return
 	} else if err != nil {
 		h.unavailable(w, "reading the join token", err)
 		return
 	}
 	if subtle.ConstantTimeCompare(secret.Data[TokenKey], []byte(req.Token)) != 1 || req.Token == "" {
-		WriteError(w, http.StatusUnauthorized, "wrong join token")
+		federation.WriteError(w, http.StatusUnauthorized, "wrong join token")
 		return
 	}
 	if exp, err := time.Parse(time.RFC3339, secret.Annotations[ExpiresAtAnnotation]); err != nil || !h.Clock.Now().Before(exp) {
-		WriteError(w, http.StatusUnauthorized, fmt.Sprintf("the join token of cluster %q expired; delete Secret %s/%s and the hub makes a new one", name, h.Namespace, secret.Name))
+		federation.WriteError(w, http.StatusUnauthorized, fmt.Sprintf("the join token of cluster %q expired; delete Secret %s/%s and the hub makes a new one", name, h.Namespace, secret.Name))
 		return
 	}
 	// The cache above may be behind, and concurrent joins (on this or
@@ -172,7 +172,7 @@ func (h *Handler) join(w http.ResponseWriter, r *http.Request) {
 		return nil
 	})
 	if errors.Is(err, errAlreadyJoined) {
-		WriteError(w, http.StatusConflict, alreadyJoined)
+		federation.WriteError(w, http.StatusConflict, alreadyJoined)
 		return
 	} else if err != nil {
 		h.unavailable(w, "recording the join", err)
@@ -200,21 +200,21 @@ func (h *Handler) report(w http.ResponseWriter, r *http.Request) {
 	}
 	anchors, err := validateAnchors(rep.Anchors)
 	if err != nil {
-		WriteError(w, http.StatusBadRequest, err.Error())
+		federation.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	set, jwks, err := parseJWKS(rep.JWKS)
 	if err != nil {
-		WriteError(w, http.StatusBadRequest, err.Error())
+		federation.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	if err := keepsSigningKey(mc.Status.JWKS, set, claims.KeyID); err != nil {
-		WriteError(w, http.StatusBadRequest, err.Error())
+		federation.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	cas, err := validateCAs(rep.CAs)
 	if err != nil {
-		WriteError(w, http.StatusBadRequest, err.Error())
+		federation.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	now := metav1.NewTime(h.Clock.Now())
@@ -246,7 +246,7 @@ func (h *Handler) authenticated(w http.ResponseWriter, r *http.Request, name str
 	ctx := r.Context()
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), bearerPrefix)
 	if !ok || token == "" {
-		WriteError(w, http.StatusUnauthorized, "missing Authorization: Bearer <service-account token with the hub URL as audience>")
+		federation.WriteError(w, http.StatusUnauthorized, "missing Authorization: Bearer <service-account token with the hub URL as audience>")
 		return nil, nil, false
 	}
 	if body != nil && !h.decode(w, r, body) {
@@ -257,7 +257,7 @@ func (h *Handler) authenticated(w http.ResponseWriter, r *http.Request, name str
 		return nil, nil, false
 	}
 	if !meta.IsStatusConditionTrue(mc.Status.Conditions, hubv1.ConditionJoined) {
-		WriteError(w, http.StatusForbidden, fmt.Sprintf("cluster %q has not joined yet: join with its join token first", name))
+		federation.WriteError(w, http.StatusForbidden, fmt.Sprintf("cluster %q has not joined yet: join with its join token first", name))
 		return nil, nil, false
 	}
 	claims, err := h.Store.VerifyAgentToken(ctx, name, token)
@@ -267,7 +267,7 @@ func (h *Handler) authenticated(w http.ResponseWriter, r *http.Request, name str
 			// Joined in the API but not yet in this replica's documents.
 			status = http.StatusServiceUnavailable
 		}
-		WriteError(w, status, err.Error())
+		federation.WriteError(w, status, err.Error())
 		return nil, nil, false
 	}
 	return mc, claims, true
@@ -283,7 +283,7 @@ func (h *Handler) bundles(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("after"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 {
-			WriteError(w, http.StatusBadRequest, fmt.Sprintf("after=%q: want the sequence of the set last applied, a number >= 0", v))
+			federation.WriteError(w, http.StatusBadRequest, fmt.Sprintf("after=%q: want the sequence of the set last applied, a number >= 0", v))
 			return
 		}
 		after = n
@@ -315,7 +315,7 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if a.Sequence <= 0 {
-		WriteError(w, http.StatusBadRequest, "sequence must be the positive sequence of the applied bundle set")
+		federation.WriteError(w, http.StatusBadRequest, "sequence must be the positive sequence of the applied bundle set")
 		return
 	}
 	// Nothing above what is published can have been applied; bounding it
@@ -323,11 +323,11 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) {
 	// 400: a replica whose cache is behind the one that answered the poll
 	// refuses a good ack until it catches up, and the agent retries.
 	if published := h.Sets.Published(name); a.Sequence > published {
-		WriteError(w, http.StatusConflict, fmt.Sprintf("sequence %d is above %d, the sequence of the bundle set this hub replica publishes for cluster %q: ack the sequence of a set the hub sent (a replica behind the others catches up within seconds; retry)", a.Sequence, published, name))
+		federation.WriteError(w, http.StatusConflict, fmt.Sprintf("sequence %d is above %d, the sequence of the bundle set this hub replica publishes for cluster %q: ack the sequence of a set the hub sent (a replica behind the others catches up within seconds; retry)", a.Sequence, published, name))
 		return
 	}
 	if raw, err := hex.DecodeString(a.BundlesDigest); err != nil || len(raw) != sha256.Size {
-		WriteError(w, http.StatusBadRequest, "bundlesDigest must be the 64 hex digits of federation.BundlesDigest over the applied bundles")
+		federation.WriteError(w, http.StatusBadRequest, "bundlesDigest must be the 64 hex digits of federation.BundlesDigest over the applied bundles")
 		return
 	}
 	st := mc.Status
@@ -356,12 +356,12 @@ func (h *Handler) ack(w http.ResponseWriter, r *http.Request) {
 // member returns the MemberCluster of the path, or answers 404.
 func (h *Handler) member(ctx context.Context, w http.ResponseWriter, name string) (*hubv1.MemberCluster, bool) {
 	if hubv1.ValidateClusterName(name) != nil {
-		WriteError(w, http.StatusNotFound, fmt.Sprintf("%q is not a cluster name", name))
+		federation.WriteError(w, http.StatusNotFound, fmt.Sprintf("%q is not a cluster name", name))
 		return nil, false
 	}
 	var mc hubv1.MemberCluster
 	if err := h.Client.Get(ctx, client.ObjectKey{Name: name}, &mc); apierrors.IsNotFound(err) {
-		WriteError(w, http.StatusNotFound, fmt.Sprintf("cluster %q is not a member of this hub: create its MemberCluster first", name))
+		federation.WriteError(w, http.StatusNotFound, fmt.Sprintf("cluster %q is not a member of this hub: create its MemberCluster first", name))
 		return nil, false
 	} else if err != nil {
 		h.unavailable(w, "reading the MemberCluster", err)
@@ -405,7 +405,7 @@ func equalStatus(a, b *hubv1.MemberClusterStatus) bool {
 // decode reads a size-limited JSON body with no unknown fields.
 func (h *Handler) decode(w http.ResponseWriter, r *http.Request, into any) bool {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		WriteError(w, http.StatusUnsupportedMediaType, "the body must be application/json")
+		federation.WriteError(w, http.StatusUnsupportedMediaType, "the body must be application/json")
 		return false
 	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, h.MaxBodyBytes))
@@ -413,10 +413,10 @@ func (h *Handler) decode(w http.ResponseWriter, r *http.Request, into any) bool 
 	if err := dec.Decode(into); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			WriteError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", h.MaxBodyBytes))
+			federation.WriteError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", h.MaxBodyBytes))
 			return false
 		}
-		WriteError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
+		federation.WriteError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
 		return false
 	}
 	return true
@@ -424,7 +424,7 @@ func (h *Handler) decode(w http.ResponseWriter, r *http.Request, into any) bool 
 
 func (h *Handler) unavailable(w http.ResponseWriter, what string, err error) {
 	h.Log.Error(err, what)
-	WriteError(w, http.StatusServiceUnavailable, what+" failed on the hub; retry")
+	federation.WriteError(w, http.StatusServiceUnavailable, what+" failed on the hub; retry")
 }
 
 // parseJWKS validates a member's JWKS and returns it with its canonical
@@ -546,9 +546,4 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false) // messages are read by people: keep "<" as is
 	_ = enc.Encode(v)
-}
-
-// WriteError answers {"error": msg} with status: the hub's error format.
-func WriteError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, federation.Error{Error: msg})
 }

@@ -5,11 +5,13 @@ import (
 	"strings"
 
 	"github.com/go-chi/chi/v5"
+
+	"github.com/anchorage-dev/anchorage/pkg/federation"
 )
 
 // NotFound answers a path that no hub route serves.
 func NotFound(w http.ResponseWriter, _ *http.Request) {
-	WriteError(w, http.StatusNotFound, "no such path on the hub: it serves /clusters/<cluster>/..., /trust-domains/<trust domain>/bundle, /apis/v1/members/<cluster>/<call>, /healthz, /readyz and /metrics")
+	federation.WriteError(w, http.StatusNotFound, "no such path on the hub: it serves /clusters/<cluster>/..., /trust-domains/<trust domain>/bundle, /apis/v1/members/<cluster>/<call>, /healthz, /readyz and /metrics")
 }
 
 // MethodNotAllowed answers 405 with msg and an Allow header naming the
@@ -24,7 +26,7 @@ func MethodNotAllowed(msg string) http.HandlerFunc {
 			return
 		}
 		w.Header().Set("Allow", strings.Join(allowed, ", "))
-		WriteError(w, http.StatusMethodNotAllowed, msg)
+		federation.WriteError(w, http.StatusMethodNotAllowed, msg)
 	}
 }
 
